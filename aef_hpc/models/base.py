@@ -1,0 +1,130 @@
+"""The interface every generative autoencoder shares, and the logic they have in common.
+
+All per-sample outputs are ``[B]`` tensors in nats; inputs are dequantized images in [0, 1] of shape
+``[B, C, H, W]``. Latents live in the prior's base space (standard normal), so ``sample`` is ``decode`` of
+Gaussian noise for every model.
+"""
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .. import kernels
+from ..errors import DataError, ModelError
+from ..flows import ActNorm, Bijection, Composite, LogitPreprocess
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class Embedding(NamedTuple):
+    """The density-direction image of an input: prior base ``z0 [B, d]``, decoder deviations ``[B, C, H, W]``
+    (0 where they are not part of the bijection) and the log-density ``[B]`` the map assigns."""
+
+    z0: torch.Tensor
+    deviations: torch.Tensor
+    log_prob: torch.Tensor
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Sum of ``log N(z_i; 0, 1)`` over all non-batch dims."""
+    return (-0.5 * z.square() - _HALF_LOG_2PI).flatten(1).sum(dim=1)
+
+
+def importance_sampling(
+    log_weights: Callable[[torch.Tensor], torch.Tensor],
+    noise_shape: tuple[int, ...],
+    num_samples: int,
+    chunk_size: int,
+    generator: torch.Generator | None,
+    like: torch.Tensor,
+    subtract_log_k: bool = True,
+) -> torch.Tensor:
+    r""":math:`\log\frac1K\sum_k w_k` from ``log_weights(noise[k, B, ...]) -> [k, B]``, ``chunk_size`` at a time.
+
+    All ``K`` noise draws are made first, so the estimate does not depend on ``chunk_size``.
+    ``subtract_log_k=False`` reproduces the reference code's missing ``-log K`` (for parity only).
+    """
+    if num_samples < 1 or chunk_size < 1:
+        raise ModelError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be at least 1")
+    device = generator.device if generator is not None else like.device
+    noise = torch.randn(num_samples, *noise_shape, generator=generator, device=device).to(like)
+    log_w = torch.cat([log_weights(noise[i : i + chunk_size]) for i in range(0, num_samples, chunk_size)])
+    estimate = torch.logsumexp(log_w, dim=0)
+    return estimate - math.log(num_samples) if subtract_log_k else estimate
+
+
+class GenerativeAutoencoder(nn.Module):
+    """Shared parts: logit + ActNorm preprocessing, encoder, decoder, prior flow, input checks, sampling."""
+
+    #: what ``loss`` computes, used as its name in logs
+    loss_name = "loss"
+    #: epsilon added to every predicted scale
+    eps = 1e-5
+
+    def __init__(self, image_shape, latent_dim: int, encoder: nn.Module, decoder: nn.Module, prior_flow: Bijection, alpha: float):
+        super().__init__()
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.latent_dim = int(latent_dim)
+        self.preprocess = Composite(LogitPreprocess(alpha), ActNorm(self.image_shape[0]))
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior_flow = prior_flow
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.image_shape)
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Raise ``DataError`` unless ``x`` is a floating ``[B, *image_shape]`` batch (range: preprocessing)."""
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise DataError(f"expected a floating-point tensor of images, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise DataError(
+                f"expected images of shape [B, {', '.join(map(str, self.image_shape))}], got {list(x.shape)}: "
+                "check model.image_shape against the data"
+            )
+        return x
+
+    def _noise_like(self, *shape: int, generator: torch.Generator | None) -> torch.Tensor:
+        param = next(self.parameters())
+        device = generator.device if generator is not None else param.device
+        return torch.randn(*shape, generator=generator, device=device).to(param)
+
+    # -- interface ---------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The training objective per sample; ``loss_name`` says which it is."""
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-likelihood; only the partition family has one."""
+        raise ModelError(
+            f"{type(self).__name__} has no exact log-likelihood: use marginal_log_prob (importance sampling)"
+        )
+
+    def marginal_log_prob(self, x, num_samples: int = 128, chunk_size: int = 32, generator=None):  # pragma: no cover
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def decode(self, latent: torch.Tensor, deviations: torch.Tensor | None = None) -> torch.Tensor:
+        """Prior base ``z0`` -> image: ``z = h(z0)``, ``y = mu_D(z) [+ (sigma_D + eps) * deviations]``."""
+        z, _ = self.prior_flow.inverse(latent)
+        y = self._decoder_output(z, deviations)
+        return self.preprocess.inverse(y)[0]
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator=None, deviations: bool = False) -> torch.Tensor:
+        """``decode(T * N(0, I))``; with ``deviations=True`` each sample also draws its own ``T * N(0, I)`` deviations."""
+        z0 = temperature * self._noise_like(n, self.latent_dim, generator=generator)
+        delta = temperature * self._noise_like(n, *self.image_shape, generator=generator) if deviations else None
+        return self.decode(z0, delta)
+
+    def _decoder_output(self, z: torch.Tensor, deviations: torch.Tensor | None) -> torch.Tensor:
+        mu, r = self.decoder(z)
+        if deviations is None:
+            return mu
+        return kernels.decoder_layer_inverse(deviations, mu, r, self.eps)
