@@ -1,0 +1,132 @@
+"""Every bijection against the autograd Jacobian in float64: round trip, log-det, inverse log-det = -J."""
+
+import io
+
+import pytest
+import torch
+from helpers import assert_bijection, randomize
+
+from aef_hpc.errors import DataError, ModelError
+from aef_hpc.flows import (
+    ActNorm,
+    AffineCoupling,
+    Composite,
+    Identity,
+    Inverse,
+    LogitPreprocess,
+    MaskedAffineAutoregressive,
+    ReversePermutation,
+    build_flow,
+)
+
+
+def vectors(b=3, d=5):
+    return torch.randn(b, d)
+
+
+def initialized_actnorm(channels, x):
+    norm = ActNorm(channels)
+    norm(x)  # data-dependent init in training mode
+    randomize(norm, 0.2)
+    return norm.eval()
+
+
+CASES = {
+    "logit": (lambda: LogitPreprocess(0.05), lambda: torch.rand(3, 1, 2, 2)),
+    "logit-tiny-alpha": (lambda: LogitPreprocess(1e-6), lambda: 0.1 + 0.8 * torch.rand(2, 2, 1, 3)),
+    "actnorm-channels": (lambda: initialized_actnorm(2, torch.randn(4, 2, 2, 2)), lambda: torch.randn(3, 2, 2, 2)),
+    "actnorm-scalar": (lambda: initialized_actnorm(1, torch.randn(4, 5)), lambda: vectors()),
+    "reverse": (lambda: ReversePermutation(), lambda: vectors()),
+    "made-affine": (lambda: randomize(MaskedAffineAutoregressive(5, hidden=16)), lambda: vectors()),
+    "made-affine-d1": (lambda: randomize(MaskedAffineAutoregressive(1, hidden=4)), lambda: vectors(d=1)),
+    "coupling-even": (lambda: randomize(AffineCoupling(4, hidden=8, parity=0)), lambda: vectors(d=4)),
+    "coupling-odd-d": (lambda: randomize(AffineCoupling(5, hidden=8, parity=1)), lambda: vectors(d=5)),
+    "maf": (lambda: randomize(build_flow("maf", 4, hidden=16, num_layers=2)), lambda: vectors(d=4)),
+    "iaf": (lambda: randomize(build_flow("iaf", 4, hidden=16, num_layers=2)), lambda: vectors(d=4)),
+    "maf-paper-size": (lambda: randomize(build_flow("maf", 3), 0.05), lambda: vectors(d=3)),
+    "composite": (
+        lambda: Composite(ReversePermutation(), randomize(AffineCoupling(4, hidden=8)), Identity()),
+        lambda: vectors(d=4),
+    ),
+    "inverse": (lambda: Inverse(randomize(AffineCoupling(4, hidden=8))), lambda: vectors(d=4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bijection_contract(name):
+    make_module, make_input = CASES[name]
+    module = make_module().eval()
+    assert_bijection(module, make_input())
+
+
+@pytest.mark.parametrize("name", ["made-affine", "coupling-even", "maf", "iaf"])
+def test_every_parameter_gets_a_gradient(name):
+    module = CASES[name][0]().train()
+    y, logdet = module(CASES[name][1]())
+    (y.square().sum() + logdet.sum()).backward()
+    for pname, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_made_is_autoregressive():
+    layer = randomize(MaskedAffineAutoregressive(6, hidden=12))
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], torch.randn(6))
+    assert torch.all(jac.triu(1) == 0), "output i must not depend on inputs >= i except itself"
+    assert torch.all(jac.diagonal() > 0)
+
+
+def test_maf_default_size_matches_spec():
+    flow = build_flow("maf", 4)
+    made_layers = [m for m in flow.parts if isinstance(m, MaskedAffineAutoregressive)]
+    assert len(made_layers) == 4
+    assert made_layers[0].made.initial.out_features == 256
+    assert len(made_layers[0].made.blocks) == 2
+    kinds = [type(m).__name__ for m in flow.parts]
+    assert kinds[:3] == ["ReversePermutation", "MaskedAffineAutoregressive", "ActNorm"]
+
+
+def test_coupling_log_scale_is_bounded():
+    layer = AffineCoupling(4, hidden=8, clamp=1.5)
+    with torch.no_grad():
+        layer.net[-1].bias.fill_(100.0)
+    _, logdet = layer(vectors(d=4))
+    assert torch.all(logdet <= 2 * 1.5 + 1e-12), "two free features, each |s| < clamp"
+
+
+def test_actnorm_data_dependent_init_and_state_roundtrip():
+    x = 3.0 + 2.0 * torch.randn(64, 3, 4, 4)
+    norm = ActNorm(3)
+    y, _ = norm(x)
+    assert bool(norm.initialized)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    buffer = io.BytesIO()
+    torch.save(norm.state_dict(), buffer)
+    buffer.seek(0)
+    restored = ActNorm(3)
+    restored.load_state_dict(torch.load(buffer))
+    assert bool(restored.initialized)
+    x2 = torch.randn(5, 3, 4, 4)
+    restored.train()  # already initialised: training mode must not re-initialise
+    torch.testing.assert_close(restored(x2)[0], norm(x2)[0])
+
+
+def test_logit_log_det_formula():
+    """D log(1 - 2 alpha) + sum softplus(u) + softplus(-u) (method.md §1.1)."""
+    x = torch.rand(2, 1, 3, 3)
+    u, logdet = LogitPreprocess(0.05)(x)
+    expected = 9 * torch.log(torch.tensor(0.9)) + (torch.nn.functional.softplus(u) + torch.nn.functional.softplus(-u)).sum((1, 2, 3))
+    torch.testing.assert_close(logdet, expected)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[[[1.5, 0.2]]]]), torch.tensor([[[[-0.1, 0.2]]]]), torch.tensor([[[[float("nan"), 0.2]]]])])
+def test_logit_rejects_values_outside_unit_interval(bad):
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        LogitPreprocess(0.05)(bad)
+
+
+def test_unknown_flow_and_bad_alpha():
+    with pytest.raises(ModelError, match="unknown flow 'realnvp'"):
+        build_flow("realnvp", 3)
+    with pytest.raises(DataError, match="alpha=0.5"):
+        LogitPreprocess(0.5)

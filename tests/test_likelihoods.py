@@ -1,0 +1,95 @@
+"""Normalisation and importance sampling: densities integrate to 1, estimates do not depend on chunking."""
+
+import math
+
+import pytest
+import torch
+from helpers import randomize
+
+from aef_hpc import bits_per_dim, build_model
+from aef_hpc.errors import ModelError
+from aef_hpc.models import select_proposal_std
+
+
+def unit_square_grid(n):
+    """Midpoints of an n×n grid over [0,1]², as 1×1×2 images."""
+    g = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 1, 1, 2)
+
+
+def two_pixel_model(name, **kw):
+    torch.manual_seed(1)
+    return build_model(name, (1, 1, 2), 1, architecture="mlp", hidden=16, alpha=1e-6, **kw).eval()
+
+
+@pytest.mark.parametrize("name", ["aef-center", "aef-corner"])
+def test_partition_density_integrates_to_one(name):
+    model = randomize(two_pixel_model(name, prior_flow="maf", posterior_flow="maf", flow_hidden=8, flow_layers=2), 0.2)
+    n = 300
+    with torch.no_grad():
+        mass = model.log_prob(unit_square_grid(n)).exp().sum().item() / n**2
+    assert abs(mass - 1) < 0.02, mass
+
+
+@pytest.mark.parametrize("name", ["aef-linear", "vae", "iwae"])
+def test_importance_sampled_density_integrates_to_one(name):
+    model = randomize(two_pixel_model(name), 0.2)
+    n = 80
+    with torch.no_grad():
+        log_p = model.marginal_log_prob(unit_square_grid(n), 256, 256, torch.Generator().manual_seed(0))
+    mass = log_p.exp().sum().item() / n**2
+    assert abs(mass - 1) < 0.05, mass
+
+
+def test_elbo_integrates_to_at_most_one():
+    model = randomize(two_pixel_model("vae"), 0.2)
+    n, grid = 80, unit_square_grid(80)
+    with torch.no_grad():
+        elbo_mass = model.elbo(grid, 64, torch.Generator().manual_seed(0)).exp().sum().item() / n**2
+        marginal_mass = model.marginal_log_prob(grid, 256, 256, torch.Generator().manual_seed(0)).exp().sum().item() / n**2
+    assert elbo_mass <= 1.0 and elbo_mass < marginal_mass, (elbo_mass, marginal_mass)
+
+
+@pytest.mark.parametrize("name", ["aef-linear", "vae", "iwae"])
+def test_marginal_does_not_depend_on_chunk_size(name):
+    model = randomize(build_model(name, (1, 2, 2), 2, architecture="mlp", hidden=8, prior_flow="maf", flow_hidden=8, flow_layers=1), 0.2).eval()
+    x = torch.rand(3, 1, 2, 2)
+    values = [model.marginal_log_prob(x, 10, chunk, torch.Generator().manual_seed(7)) for chunk in (1, 3, 10, 64)]
+    for v in values[1:]:
+        torch.testing.assert_close(v, values[0])
+
+
+def test_partition_marginal_equals_log_prob():
+    model = randomize(build_model("aef-corner", (1, 2, 2), 2, architecture="mlp", hidden=8), 0.2).eval()
+    x = torch.rand(4, 1, 2, 2)
+    torch.testing.assert_close(model.marginal_log_prob(x, 7, 2), model.log_prob(x))
+
+
+def test_minus_log_k_is_included():
+    model = randomize(build_model("aef-linear", (1, 2, 2), 2, architecture="mlp", hidden=8), 0.2).eval()
+    x = torch.rand(2, 1, 2, 2)
+    with_k = model.marginal_log_prob(x, 16, 4, torch.Generator().manual_seed(0))
+    reference_bias = model.marginal_log_prob(x, 16, 4, torch.Generator().manual_seed(0), subtract_log_k=False)
+    torch.testing.assert_close(reference_bias - with_k, torch.full_like(with_k, math.log(16)))
+
+
+def test_vae_and_aef_have_no_exact_log_prob_where_none_exists():
+    for name in ("aef-linear", "vae"):
+        with pytest.raises(ModelError, match="no exact log-likelihood"):
+            build_model(name, (1, 2, 2), 1, architecture="mlp").log_prob(torch.rand(1, 1, 2, 2))
+
+
+def test_proposal_std_grid_search_picks_the_best_finite_std():
+    model = randomize(two_pixel_model("aef-linear"), 0.2)
+    batches = [torch.rand(16, 1, 1, 2) for _ in range(2)]
+    best, scores = select_proposal_std(model, batches, stds=(10.0, 1.0, 0.1, 1e-3), num_samples=32, generator=torch.Generator().manual_seed(0))
+    assert best == max(scores, key=scores.get)
+    assert float(model.proposal_std) == best
+    with pytest.raises(ModelError, match="proposal_std=0"):
+        model.marginal_log_prob(batches[0], 4, 4, proposal_std=0.0)
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(0.0, 784) == 8.0
+    assert bits_per_dim(0.0, 64, levels=17) == math.log2(17)
+    assert bits_per_dim(784 * math.log(2), 784) == 9.0
