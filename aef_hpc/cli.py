@@ -37,10 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv or ["train"])
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv or ["train"])
     if args.command is None:
-        build_parser().print_help()
+        parser.print_help()
         return 2
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *rest]  # key=value after a flag
     try:
         return args.func(args)
     except AEFError as exc:

@@ -1,0 +1,75 @@
+"""``aef-hpc train`` end to end on the embedded digits (tiny step counts), and its error reporting."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from aef_hpc.cli import main
+from aef_hpc.config import load_config
+from aef_hpc.data import load_embedded
+
+FAST = ["train.steps=12", "train.val_every=6", "train.batch_size=32", "eval.num_samples=4", "eval.grid_samples=16", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["model.name=vae", "model.latent_dim=4", "model.posterior_flow=iaf", "model.prior_flow=maf", "model.flow_hidden=16"],
+        ["model.name=aef-linear", "model.architecture=big", "model.latent_dim=4"],
+    ],
+)
+def test_train_end_to_end(tmp_path, capsys, float32_default, extra):
+    assert main(["train", f"run.out_dir={tmp_path}", *FAST, *extra]) == 0
+    out = capsys.readouterr().out
+    assert "test bits/dim:" in out
+    run = tmp_path / "digits"
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert 0 < summary["test_bpd"] < 10 and summary["levels"] == 17
+    assert f"{summary['test_bpd']:.4f}" in out
+    if "model.name=aef-linear" in extra:
+        assert summary["loss_name"] == "extended_nll" and "proposal_std" in summary
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows if r["split"] == "val"] == ["6", "12"]
+    n_test = len(load_embedded("digits", 0.1, 0.2, 3).test)
+    assert len((run / "eval" / "test_nll.csv").read_text().splitlines()) == n_test + 1
+    with Image.open(run / "samples" / "samples_and_reconstructions.png") as image:
+        assert image.width > 0
+    assert load_config(run / "config.yaml").train.steps == 12, "the resolved config is reloadable"
+    assert (run / "model.pt").is_file() and not list(run.rglob("*.tmp"))
+
+
+def test_second_run_does_not_overwrite_the_first(tmp_path, float32_default):
+    for _ in range(2):
+        assert main(["train", f"run.out_dir={tmp_path}", "train.steps=2", "train.val_every=1", "eval.grid_samples=4", "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "digits-2"]
+
+
+def test_split_is_fixed_and_disjoint():
+    a, b = load_embedded("digits", 0.1, 0.2, 3), load_embedded("digits", 0.1, 0.2, 3)
+    assert (a.train == b.train).all() and (a.test == b.test).all()
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+    assert a.levels == 17 and a.image_shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["train", "train.nosuch=1"], "train.nosuch"),
+        (["train", "model.name=aef-middle"], "unknown model 'aef-middle'"),
+        (["train", "model.latent_dim=64"], "latent_dim=64 is impossible"),
+        (["train", "data.name=mnist"], "data.name='mnist'"),
+    ],
+)
+def test_console_script_reports_bad_input_in_one_line(tmp_path, args, match):
+    exe = shutil.which("aef-hpc") or str(__import__("pathlib").Path(sys.executable).with_name("aef-hpc"))
+    proc = subprocess.run([exe, *args, f"run.out_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aef-hpc: error:") and match in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists(), "nothing is written for a run that cannot start"

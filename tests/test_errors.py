@@ -1,0 +1,95 @@
+"""Bad input raises an error that names the problem: data, model requests and configuration."""
+
+import pytest
+import torch
+
+from aef_hpc import build_model
+from aef_hpc.config import load_config
+from aef_hpc.errors import AEFError, ConfigError, DataError, ModelError
+
+
+@pytest.fixture
+def model():
+    return build_model("aef-center", (1, 4, 4), 2, architecture="mlp", hidden=8)
+
+
+@pytest.mark.parametrize("method", ["loss", "marginal_log_prob", "encode"])
+def test_wrong_image_shape(model, method):
+    with pytest.raises(DataError, match=r"expected images of shape \[B, 1, 4, 4\], got \[2, 1, 8, 8\]"):
+        getattr(model, method)(torch.rand(2, 1, 8, 8))
+    with pytest.raises(DataError, match="expected images of shape"):
+        getattr(model, method)(torch.rand(1, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["aef-center", "aef-linear", "vae"])
+def test_values_outside_unit_interval_and_nan(name):
+    m = build_model(name, (1, 2, 2), 1, architecture="mlp", hidden=4)
+    with pytest.raises(DataError, match=r"outside \[0, 1\]"):
+        m.loss(torch.full((1, 1, 2, 2), 255.0))
+    x = torch.rand(1, 1, 2, 2)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        m.loss(x)
+
+
+def test_integer_images_are_refused(model):
+    with pytest.raises(DataError, match="floating-point"):
+        model.loss(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="aef-middle", image_shape=(1, 8, 8), latent_dim=2), "unknown model 'aef-middle'"),
+        (dict(name="aef-center", image_shape=(1, 8, 8), latent_dim=64), "latent_dim=64 is impossible"),
+        (dict(name="aef-corner", image_shape=(1, 8, 8), latent_dim=100), "latent_dim=100 is impossible"),
+        (dict(name="aef-linear", image_shape=(1, 28, 28), latent_dim=2, architecture="big"), "square power-of-two"),
+        (dict(name="vae", image_shape=(1, 8, 8), latent_dim=0), "latent_dim must be a positive int"),
+        (dict(name="vae", image_shape=(8, 8), latent_dim=2), "image_shape must be three positive ints"),
+        (dict(name="vae", image_shape=(1, 8, 8), latent_dim=2, prior_flow="glow"), "unknown flow 'glow'"),
+        (dict(name="iwae", image_shape=(1, 8, 8), latent_dim=2, decoder_variance="learned"), "decoder_variance='learned'"),
+        (dict(name="vae", image_shape=(1, 8, 8), latent_dim=2, proposal_std=0.1), "unknown option"),
+    ],
+)
+def test_impossible_model_requests(kwargs, match):
+    with pytest.raises(ModelError, match=match):
+        build_model(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.nosuch=1"], "train.nosuch"),
+        (["nosection.steps=1"], "nosection"),
+        (["train.steps=many"], "train.steps"),
+        (["model.latent_dim=2.5"], "model.latent_dim"),
+        (["train.steps=0"], "train.steps=0 must be at least 1"),
+        (["train.lr=-1"], "train.lr=-1.0 must be positive"),
+        (["data.test_fraction=0.95"], "data.val_fraction"),
+        (["train.steps"], "not of the form key=value"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=overrides)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"train.stepz.*bad.yaml"):
+        load_config(bad)
+
+
+def test_every_library_error_is_an_aef_error():
+    for cls in (ConfigError, DataError, ModelError):
+        assert issubclass(cls, AEFError)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
+        load_config(path)
