@@ -91,8 +91,17 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-_POSITIVE = ("model.latent_dim", "train.steps", "train.batch_size", "train.val_every", "train.log_every",
-             "eval.num_samples", "eval.chunk_size", "eval.batch_size", "model.iwae_samples")
+_POSITIVE = (
+    "model.latent_dim",
+    "train.steps",
+    "train.batch_size",
+    "train.val_every",
+    "train.log_every",
+    "eval.num_samples",
+    "eval.chunk_size",
+    "eval.batch_size",
+    "model.iwae_samples",
+)
 
 
 def _check(cfg: Config) -> None:

@@ -37,4 +37,3 @@ def softplus_inverse(sigma: float) -> float:
 def decoder_layer_inverse(deviation, mu, r, eps: float = 1e-5):
     """Sampling direction: ``y = mu + (softplus(r) + eps) * deviation``."""
     return mu + (F.softplus(r) + eps) * deviation
-

@@ -13,14 +13,27 @@ from aef_hpc.cli import main
 from aef_hpc.config import load_config
 from aef_hpc.data import load_embedded
 
-FAST = ["train.steps=12", "train.val_every=6", "train.batch_size=32", "eval.num_samples=4", "eval.grid_samples=16", "--no-progress"]
+FAST = [
+    "train.steps=12",
+    "train.val_every=6",
+    "train.batch_size=32",
+    "eval.num_samples=4",
+    "eval.grid_samples=16",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize(
     "extra",
     [
         [],
-        ["model.name=vae", "model.latent_dim=4", "model.posterior_flow=iaf", "model.prior_flow=maf", "model.flow_hidden=16"],
+        [
+            "model.name=vae",
+            "model.latent_dim=4",
+            "model.posterior_flow=iaf",
+            "model.prior_flow=maf",
+            "model.flow_hidden=16",
+        ],
         ["model.name=aef-linear", "model.architecture=big", "model.latent_dim=4"],
     ],
 )
@@ -46,7 +59,19 @@ def test_train_end_to_end(tmp_path, capsys, float32_default, extra):
 
 def test_second_run_does_not_overwrite_the_first(tmp_path, float32_default):
     for _ in range(2):
-        assert main(["train", f"run.out_dir={tmp_path}", "train.steps=2", "train.val_every=1", "eval.grid_samples=4", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    f"run.out_dir={tmp_path}",
+                    "train.steps=2",
+                    "train.val_every=1",
+                    "eval.grid_samples=4",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "digits-2"]
 
 

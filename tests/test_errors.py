@@ -47,7 +47,10 @@ def test_integer_images_are_refused(model):
         (dict(name="vae", image_shape=(1, 8, 8), latent_dim=0), "latent_dim must be a positive int"),
         (dict(name="vae", image_shape=(8, 8), latent_dim=2), "image_shape must be three positive ints"),
         (dict(name="vae", image_shape=(1, 8, 8), latent_dim=2, prior_flow="glow"), "unknown flow 'glow'"),
-        (dict(name="iwae", image_shape=(1, 8, 8), latent_dim=2, decoder_variance="learned"), "decoder_variance='learned'"),
+        (
+            dict(name="iwae", image_shape=(1, 8, 8), latent_dim=2, decoder_variance="learned"),
+            "decoder_variance='learned'",
+        ),
         (dict(name="vae", image_shape=(1, 8, 8), latent_dim=2, proposal_std=0.1), "unknown option"),
     ],
 )

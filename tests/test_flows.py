@@ -115,11 +115,15 @@ def test_logit_log_det_formula():
     """D log(1 - 2 alpha) + sum softplus(u) + softplus(-u) (method.md §1.1)."""
     x = torch.rand(2, 1, 3, 3)
     u, logdet = LogitPreprocess(0.05)(x)
-    expected = 9 * torch.log(torch.tensor(0.9)) + (torch.nn.functional.softplus(u) + torch.nn.functional.softplus(-u)).sum((1, 2, 3))
+    expected = 9 * torch.log(torch.tensor(0.9)) + (
+        torch.nn.functional.softplus(u) + torch.nn.functional.softplus(-u)
+    ).sum((1, 2, 3))
     torch.testing.assert_close(logdet, expected)
 
 
-@pytest.mark.parametrize("bad", [torch.tensor([[[[1.5, 0.2]]]]), torch.tensor([[[[-0.1, 0.2]]]]), torch.tensor([[[[float("nan"), 0.2]]]])])
+@pytest.mark.parametrize(
+    "bad", [torch.tensor([[[[1.5, 0.2]]]]), torch.tensor([[[[-0.1, 0.2]]]]), torch.tensor([[[[float("nan"), 0.2]]]])]
+)
 def test_logit_rejects_values_outside_unit_interval(bad):
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         LogitPreprocess(0.05)(bad)

@@ -60,7 +60,13 @@ def test_logit_op_roundtrip():
     back, inv = kernels.logit_preprocess_inverse(u, 0.05)
     torch.testing.assert_close(back, x)
     torch.testing.assert_close(inv, -logdet)
-    assert abs(kernels.logit_preprocess(torch.full((1, 3, 64, 64), 0.5), 0.05)[1].item() - (3 * 64 * 64 * (math.log(0.9) + 2 * math.log(2)))) < 1e-6
+    assert (
+        abs(
+            kernels.logit_preprocess(torch.full((1, 3, 64, 64), 0.5), 0.05)[1].item()
+            - (3 * 64 * 64 * (math.log(0.9) + 2 * math.log(2)))
+        )
+        < 1e-6
+    )
 
 
 def test_row_sums_accumulate_in_float32_for_bf16():
@@ -71,4 +77,6 @@ def test_row_sums_accumulate_in_float32_for_bf16():
 
 def test_softplus_inverse():
     for sigma in (1e-3, 0.5, 1.0, 7.0):
-        assert abs(F.softplus(torch.tensor(kernels.softplus_inverse(sigma), dtype=torch.float64)).item() - sigma) < 1e-12
+        assert (
+            abs(F.softplus(torch.tensor(kernels.softplus_inverse(sigma), dtype=torch.float64)).item() - sigma) < 1e-12
+        )

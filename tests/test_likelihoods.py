@@ -46,13 +46,18 @@ def test_elbo_integrates_to_at_most_one():
     n, grid = 80, unit_square_grid(80)
     with torch.no_grad():
         elbo_mass = model.elbo(grid, 64, torch.Generator().manual_seed(0)).exp().sum().item() / n**2
-        marginal_mass = model.marginal_log_prob(grid, 256, 256, torch.Generator().manual_seed(0)).exp().sum().item() / n**2
+        marginal_mass = (
+            model.marginal_log_prob(grid, 256, 256, torch.Generator().manual_seed(0)).exp().sum().item() / n**2
+        )
     assert elbo_mass <= 1.0 and elbo_mass < marginal_mass, (elbo_mass, marginal_mass)
 
 
 @pytest.mark.parametrize("name", ["aef-linear", "vae", "iwae"])
 def test_marginal_does_not_depend_on_chunk_size(name):
-    model = randomize(build_model(name, (1, 2, 2), 2, architecture="mlp", hidden=8, prior_flow="maf", flow_hidden=8, flow_layers=1), 0.2).eval()
+    model = randomize(
+        build_model(name, (1, 2, 2), 2, architecture="mlp", hidden=8, prior_flow="maf", flow_hidden=8, flow_layers=1),
+        0.2,
+    ).eval()
     x = torch.rand(3, 1, 2, 2)
     values = [model.marginal_log_prob(x, 10, chunk, torch.Generator().manual_seed(7)) for chunk in (1, 3, 10, 64)]
     for v in values[1:]:
@@ -82,7 +87,9 @@ def test_vae_and_aef_have_no_exact_log_prob_where_none_exists():
 def test_proposal_std_grid_search_picks_the_best_finite_std():
     model = randomize(two_pixel_model("aef-linear"), 0.2)
     batches = [torch.rand(16, 1, 1, 2) for _ in range(2)]
-    best, scores = select_proposal_std(model, batches, stds=(10.0, 1.0, 0.1, 1e-3), num_samples=32, generator=torch.Generator().manual_seed(0))
+    best, scores = select_proposal_std(
+        model, batches, stds=(10.0, 1.0, 0.1, 1e-3), num_samples=32, generator=torch.Generator().manual_seed(0)
+    )
     assert best == max(scores, key=scores.get)
     assert float(model.proposal_std) == best
     with pytest.raises(ModelError, match="proposal_std=0"):

@@ -15,7 +15,9 @@ FLOWS = dict(prior_flow="maf", posterior_flow="maf", flow_hidden=8, flow_layers=
 SETUPS = {
     "mlp-1x2x2": dict(image_shape=(1, 2, 2), latent_dim=2, architecture="mlp", hidden=8),
     "small-1x4x4": dict(image_shape=(1, 4, 4), latent_dim=3, architecture="small", hidden_channels=4),
-    "mlp-2x2x2-dependent": dict(image_shape=(2, 2, 2), latent_dim=3, architecture="mlp", hidden=8, decoder_variance="dependent"),
+    "mlp-2x2x2-dependent": dict(
+        image_shape=(2, 2, 2), latent_dim=3, architecture="mlp", hidden=8, decoder_variance="dependent"
+    ),
 }
 
 
@@ -59,7 +61,7 @@ def test_expanded_joint_map_at_the_expansion_point(setup):
     d = model.latent_dim
 
     def fmap(v):
-        v_x, v_w = v[:, : -d].reshape(-1, *model.image_shape), v[:, -d:]
+        v_x, v_w = v[:, :-d].reshape(-1, *model.image_shape), v[:, -d:]
         out = model.embed(v_x, v_w)
         return torch.cat([out.z0, out.deviations.flatten(1)], dim=1)
 

@@ -25,7 +25,14 @@ def test_big_networks_build_for_every_power_of_two(res, blocks):
 
 @pytest.mark.parametrize(
     "arch,shape",
-    [("small", (1, 8, 8)), ("small", (3, 12, 16)), ("big", (3, 8, 8)), ("big", (1, 16, 16)), ("mlp", (1, 1, 2)), ("mlp", (3, 5, 7))],
+    [
+        ("small", (1, 8, 8)),
+        ("small", (3, 12, 16)),
+        ("big", (3, 8, 8)),
+        ("big", (1, 16, 16)),
+        ("mlp", (1, 1, 2)),
+        ("mlp", (3, 5, 7)),
+    ],
 )
 @pytest.mark.parametrize("variance", ["fixed", "independent", "dependent"])
 def test_shapes_and_variances(arch, shape, variance):

@@ -19,7 +19,9 @@ def digits():
 def test_trains_with_decreasing_loss(name, digits, float32_default):
     images, levels = digits
     torch.manual_seed(0)
-    flows = dict(posterior_flow="iaf" if name in ("vae", "iwae") else "maf", prior_flow="maf", flow_hidden=32, flow_layers=2)
+    flows = dict(
+        posterior_flow="iaf" if name in ("vae", "iwae") else "maf", prior_flow="maf", flow_hidden=32, flow_layers=2
+    )
     model = build_model(name, (1, 8, 8), 2, architecture="small", hidden_channels=16, **flows)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""Uniform dequantization (method.md §1.1): ``x = (x_int + u) / levels`` with ``u ~ U[0, 1)`` from a seeded generator."""
+"""Uniform dequantization (method.md §1.1): ``x = (x_int + u) / levels``, ``u ~ U[0, 1)`` from a seeded generator."""
 
 import torch
 

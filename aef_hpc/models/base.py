@@ -33,6 +33,11 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return (-0.5 * z.square() - _HALF_LOG_2PI).flatten(1).sum(dim=1)
 
 
+def tile(tensors, k: int) -> list[torch.Tensor]:
+    """Repeat each ``[B, ...]`` tensor ``k`` times along the batch: ``[k * B, ...]``, sample-major."""
+    return [t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:]) for t in tensors]
+
+
 def importance_sampling(
     log_weights: Callable[[torch.Tensor], torch.Tensor],
     noise_shape: tuple[int, ...],
@@ -64,7 +69,9 @@ class GenerativeAutoencoder(nn.Module):
     #: epsilon added to every predicted scale
     eps = 1e-5
 
-    def __init__(self, image_shape, latent_dim: int, encoder: nn.Module, decoder: nn.Module, prior_flow: Bijection, alpha: float):
+    def __init__(
+        self, image_shape, latent_dim: int, encoder: nn.Module, decoder: nn.Module, prior_flow: Bijection, alpha: float
+    ):
         super().__init__()
         self.image_shape = tuple(int(v) for v in image_shape)
         self.latent_dim = int(latent_dim)
@@ -80,13 +87,21 @@ class GenerativeAutoencoder(nn.Module):
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Raise ``DataError`` unless ``x`` is a floating ``[B, *image_shape]`` batch (range: preprocessing)."""
         if not torch.is_tensor(x) or not x.is_floating_point():
-            raise DataError(f"expected a floating-point tensor of images, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+            raise DataError(
+                f"expected a floating-point tensor of images, got {type(x).__name__} {getattr(x, 'dtype', '')}"
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise DataError(
                 f"expected images of shape [B, {', '.join(map(str, self.image_shape))}], got {list(x.shape)}: "
                 "check model.image_shape against the data"
             )
         return x
+
+    def _context(self, x: torch.Tensor):
+        """``(y, preprocessing log-det, mu_E, sigma_E)`` for a full-image encoder."""
+        y, log_det = self.preprocess(self.check_input(x))
+        mu_e, sigma_e = self.encoder(y)
+        return y, log_det, mu_e, sigma_e
 
     def _noise_like(self, *shape: int, generator: torch.Generator | None) -> torch.Tensor:
         param = next(self.parameters())
@@ -118,7 +133,7 @@ class GenerativeAutoencoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator=None, deviations: bool = False) -> torch.Tensor:
-        """``decode(T * N(0, I))``; with ``deviations=True`` each sample also draws its own ``T * N(0, I)`` deviations."""
+        """``decode(T * N(0, I))``; ``deviations=True`` draws each sample its own ``T * N(0, I)`` deviations."""
         z0 = temperature * self._noise_like(n, self.latent_dim, generator=generator)
         delta = temperature * self._noise_like(n, *self.image_shape, generator=generator) if deviations else None
         return self.decode(z0, delta)

@@ -14,34 +14,20 @@ import math
 import torch
 from torch import nn
 
-from .. import kernels
 from ..errors import ModelError
-from ..flows import Bijection
-from .base import Embedding, GenerativeAutoencoder, importance_sampling, standard_normal_log_prob
+from .aef import AutoencoderWithinFlow
+from .base import Embedding, importance_sampling, standard_normal_log_prob, tile
 
 
-class ExpandedAEF(GenerativeAutoencoder):
+class ExpandedAEF(AutoencoderWithinFlow):
     loss_name = "extended_nll"
 
-    def __init__(self, image_shape, latent_dim, encoder, decoder, prior_flow, core_flow: Bijection, alpha, proposal_std: float = 1.0):
-        super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, alpha)
-        self.core_flow = core_flow
+    def __init__(
+        self, image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha, proposal_std: float = 1.0
+    ):
+        super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha)
         self.expansion = nn.Linear(self.num_dims, latent_dim)
         self.register_buffer("proposal_std", torch.tensor(float(proposal_std)))
-
-    def _context(self, x):
-        y, log_det = self.preprocess(self.check_input(x))
-        mu_e, sigma_e = self.encoder(y)
-        return y, log_det, mu_e, sigma_e
-
-    def _joint(self, y, log_det, mu_e, sigma_e, w) -> Embedding:
-        core, ld_core = self.core_flow(w)
-        z, ld_enc = kernels.encoder_layer(mu_e, sigma_e, core, self.eps)
-        mu_d, r_d = self.decoder(z)
-        deviations, log_p_y = kernels.decoder_layer(y, mu_d, r_d, None, self.eps)
-        z0, ld_prior = self.prior_flow(z)
-        log_prob = standard_normal_log_prob(z0) + log_p_y + log_det + ld_core + ld_enc + ld_prior
-        return Embedding(z0, deviations, log_prob)
 
     def expansion_point(self, y: torch.Tensor) -> torch.Tensor:
         """``W vec(y) + b`` for preprocessed images ``y``."""
@@ -50,7 +36,7 @@ class ExpandedAEF(GenerativeAutoencoder):
     def embed(self, x, w: torch.Tensor | None = None) -> Embedding:
         """``(x, w) -> (z0, deviations, log p(x, w))``; ``w`` defaults to the expansion point."""
         y, log_det, mu_e, sigma_e = self._context(x)
-        return self._joint(y, log_det, mu_e, sigma_e, self.expansion_point(y) if w is None else w)
+        return self._embed_core(y, log_det, mu_e, sigma_e, self.expansion_point(y) if w is None else w)
 
     def loss(self, x):
         return -self.embed(x).log_prob
@@ -61,13 +47,12 @@ class ExpandedAEF(GenerativeAutoencoder):
     def invert(self, latent, deviations):
         """Inverse of ``embed``: ``(z0, deviations) -> (x, w)``."""
         x = self.decode(latent, deviations)
-        y, _ = self.preprocess(x)
-        mu_e, sigma_e = self.encoder(y)
         z, _ = self.prior_flow.inverse(latent)
-        core, _ = kernels.encoder_layer_inverse(mu_e, sigma_e, z, self.eps)
-        return x, self.core_flow.inverse(core)[0]
+        return x, self._core_from(self.preprocess(x)[0], z)
 
-    def marginal_log_prob(self, x, num_samples=128, chunk_size=32, generator=None, proposal_std=None, subtract_log_k=True):
+    def marginal_log_prob(
+        self, x, num_samples=128, chunk_size=32, generator=None, proposal_std=None, subtract_log_k=True
+    ):
         """Importance-sampling estimate of ``log p(x)`` with ``K = num_samples`` and ``- log K``."""
         std = float(self.proposal_std if proposal_std is None else proposal_std)
         if not std > 0:
@@ -78,17 +63,27 @@ class ExpandedAEF(GenerativeAutoencoder):
 
         def log_weights(noise):
             k = noise.shape[0]
-            tiled = [t.unsqueeze(0).expand(k, *t.shape).reshape(k * batch, *t.shape[1:]) for t in context]
             w = (mean + std * noise).reshape(k * batch, -1)
-            log_p = self._joint(*tiled, w).log_prob.view(k, batch)
-            log_q = standard_normal_log_prob(noise.reshape(k * batch, -1)).view(k, batch) - self.latent_dim * math.log(std)
+            log_p = self._embed_core(*tile(context, k), w).log_prob.view(k, batch)
+            log_q = standard_normal_log_prob(noise.reshape(k * batch, -1)).view(k, batch) - self.latent_dim * math.log(
+                std
+            )
             return log_p - log_q
 
-        return importance_sampling(log_weights, (batch, self.latent_dim), num_samples, chunk_size, generator, mean, subtract_log_k)
+        return importance_sampling(
+            log_weights, (batch, self.latent_dim), num_samples, chunk_size, generator, mean, subtract_log_k
+        )
 
 
 @torch.no_grad()
-def select_proposal_std(model: ExpandedAEF, batches, stds=(2.0, 1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 1e-4), num_samples=64, chunk_size=64, generator=None):
+def select_proposal_std(
+    model: ExpandedAEF,
+    batches,
+    stds=(2.0, 1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 1e-4),
+    num_samples=64,
+    chunk_size=64,
+    generator=None,
+):
     """Grid-search ``proposal_std`` on validation batches (method.md §1.4); store and return the best.
 
     Returns ``(best_std, {std: mean IS log-likelihood})``; a std whose estimate is not finite on any batch

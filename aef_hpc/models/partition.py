@@ -12,18 +12,16 @@ layer's log-det (preprocessing, core flow, encoder layer, decoder layer on the s
 
 import torch
 
-from .. import kernels
-from ..flows import Bijection
-from .base import Embedding, GenerativeAutoencoder, standard_normal_log_prob
+from .aef import AutoencoderWithinFlow
+from .base import Embedding
 from .masks import build_mask
 
 
-class PartitionAEF(GenerativeAutoencoder):
+class PartitionAEF(AutoencoderWithinFlow):
     loss_name = "nll"
 
-    def __init__(self, image_shape, latent_dim, encoder, decoder, prior_flow, core_flow: Bijection, alpha, mask: str = "center"):
-        super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, alpha)
-        self.core_flow = core_flow
+    def __init__(self, image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha, mask: str = "center"):
+        super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha)
         self.mask_kind = mask
         self.register_buffer("mask", build_mask(mask, self.image_shape, latent_dim), persistent=False)
 
@@ -38,14 +36,8 @@ class PartitionAEF(GenerativeAutoencoder):
         core = y.flatten(1)[:, self.mask.flatten()]
         shell_mask = self.shell
         y_shell = y * shell_mask
-        core, ld_core = self.core_flow(core)
         mu_e, sigma_e = self.encoder(y_shell)
-        z, ld_enc = kernels.encoder_layer(mu_e, sigma_e, core, self.eps)
-        mu_d, r_d = self.decoder(z)
-        deviations, log_p_shell = kernels.decoder_layer(y_shell, mu_d, r_d, shell_mask, self.eps)
-        z0, ld_prior = self.prior_flow(z)
-        log_prob = standard_normal_log_prob(z0) + log_p_shell + log_det + ld_core + ld_enc + ld_prior
-        return Embedding(z0, deviations, log_prob)
+        return self._embed_core(y_shell, log_det, mu_e, sigma_e, core, shell_mask)
 
     def log_prob(self, x):
         return self.embed(x).log_prob
@@ -64,9 +56,7 @@ class PartitionAEF(GenerativeAutoencoder):
         """Inverse map: shell from the decoder, core by inverting the encoder layer on that shell."""
         z, _ = self.prior_flow.inverse(latent)
         y_shell = self._decoder_output(z, deviations) * self.shell
-        mu_e, sigma_e = self.encoder(y_shell)
-        core, _ = kernels.encoder_layer_inverse(mu_e, sigma_e, z, self.eps)
-        core, _ = self.core_flow.inverse(core)
+        core = self._core_from(y_shell, z)
         flat = y_shell.flatten(1).clone()
         flat[:, self.mask.flatten()] = core
         return self.preprocess.inverse(flat.view_as(y_shell))[0]

@@ -10,11 +10,9 @@ The VAE trains on the single-sample ELBO ``E[log w]``, the IWAE on ``log mean_k 
 proposal dropped the epsilon, method.md §5.4).
 """
 
-import torch
-
 from .. import kernels
 from ..flows import Bijection
-from .base import GenerativeAutoencoder, importance_sampling, standard_normal_log_prob
+from .base import GenerativeAutoencoder, importance_sampling, standard_normal_log_prob, tile
 
 
 class VAE(GenerativeAutoencoder):
@@ -24,11 +22,6 @@ class VAE(GenerativeAutoencoder):
     def __init__(self, image_shape, latent_dim, encoder, decoder, prior_flow, posterior_flow: Bijection, alpha):
         super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, alpha)
         self.posterior_flow = posterior_flow
-
-    def _context(self, x):
-        y, log_det = self.preprocess(self.check_input(x))
-        mu_e, sigma_e = self.encoder(y)
-        return y, log_det, mu_e, sigma_e
 
     def _log_weight(self, y, log_det, mu_e, sigma_e, noise):
         z_base, ld_enc = kernels.encoder_layer(mu_e, sigma_e, noise, self.eps)
@@ -42,8 +35,7 @@ class VAE(GenerativeAutoencoder):
     def _log_weights(self, context, noise):
         """``noise [k, B, d] -> log w [k, B]``, the context tiled ``k`` times."""
         k, batch = noise.shape[:2]
-        tiled = [t.unsqueeze(0).expand(k, *t.shape).reshape(k * batch, *t.shape[1:]) for t in context]
-        return self._log_weight(*tiled, noise.reshape(k * batch, -1)).view(k, batch)
+        return self._log_weight(*tile(context, k), noise.reshape(k * batch, -1)).view(k, batch)
 
     def elbo(self, x, num_samples: int = 1, generator=None):
         """Monte-Carlo ELBO ``mean_k log w_k`` (a lower bound on ``log p(x)`` in expectation)."""
@@ -58,7 +50,12 @@ class VAE(GenerativeAutoencoder):
         """``log mean_k w_k`` over ``K = num_samples`` posterior draws, ``chunk_size`` at a time."""
         context = self._context(x)
         return importance_sampling(
-            lambda noise: self._log_weights(context, noise), (x.shape[0], self.latent_dim), num_samples, chunk_size, generator, context[2]
+            lambda noise: self._log_weights(context, noise),
+            (x.shape[0], self.latent_dim),
+            num_samples,
+            chunk_size,
+            generator,
+            context[2],
         )
 
     def encode(self, x):

@@ -9,7 +9,9 @@ from .small import SmallDecoder, SmallEncoder
 ARCHITECTURES = ("small", "big", "mlp")
 
 
-def build_networks(architecture: str, image_shape, latent_dim: int, variance: str, **options) -> tuple[Encoder, Decoder]:
+def build_networks(
+    architecture: str, image_shape, latent_dim: int, variance: str, **options
+) -> tuple[Encoder, Decoder]:
     """Return ``(encoder, decoder)``; ``options`` are ``hidden_channels`` (small) or ``hidden`` (mlp)."""
     if architecture == "small":
         width = {"hidden_channels": options.pop("hidden_channels", 64)}

@@ -107,7 +107,7 @@ class BigEncoder(Encoder):
 
     def heads(self, y):
         h = self.in_conv(y)
-        for (_, kind, arg), block in zip(self.layout, self.blocks):
+        for (_, kind, arg), block in zip(self.layout, self.blocks, strict=True):
             h = block(h)
             if kind == "d":
                 h = F.avg_pool2d(h, arg)
@@ -128,7 +128,7 @@ class BigDecoder(Decoder):
 
     def trunk(self, z):
         h = z[:, :, None, None]
-        for (res, kind, arg), block in zip(self.layout, self.blocks):
+        for (res, kind, arg), block in zip(self.layout, self.blocks, strict=True):
             if kind == "m":
                 h = F.interpolate(h, scale_factor=res // arg, mode="nearest")
             h = block(h)

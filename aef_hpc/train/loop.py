@@ -90,7 +90,9 @@ def train(cfg: Config, progress: bool = True) -> RunResult:
             x = dequantize(splits.train[next(batches)], splits.levels, data_gen).to(device)
             loss = model.loss(x).mean()
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"{model.loss_name} became {loss.item()} at step {step}: lower train.lr or train.grad_clip")
+                raise TrainingDiverged(
+                    f"{model.loss_name} became {loss.item()} at step {step}: lower train.lr or train.grad_clip"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -118,7 +120,9 @@ def evaluate_run(model, cfg: Config, splits: Splits, run_dir: Path, device, loss
     if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:
         gen = torch.Generator().manual_seed(cfg.eval.seed)
         val = [dequantize(b, splits.levels, gen).to(device) for b in splits.val.split(cfg.eval.batch_size)]
-        summary["proposal_std"], _ = select_proposal_std(model, val, num_samples=64, chunk_size=cfg.eval.chunk_size, generator=gen)
+        summary["proposal_std"], _ = select_proposal_std(
+            model, val, num_samples=64, chunk_size=cfg.eval.chunk_size, generator=gen
+        )
     gen = torch.Generator().manual_seed(cfg.eval.seed)
     nll = negative_log_likelihood(
         model, splits.test, splits.levels, cfg.eval.batch_size, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device
@@ -127,11 +131,16 @@ def evaluate_run(model, cfg: Config, splits: Splits, run_dir: Path, device, loss
     summary["test_bpd"] = bits_per_dim(summary["test_nll"], model.num_dims, splits.levels)
     summary["levels"] = splits.levels
     (run_dir / "eval").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "eval" / "test_nll.csv", "index,nll_nats\n" + "".join(f"{i},{v}\n" for i, v in enumerate(nll.tolist())))
+    atomic_write_text(
+        run_dir / "eval" / "test_nll.csv",
+        "index,nll_nats\n" + "".join(f"{i},{v}\n" for i, v in enumerate(nll.tolist())),
+    )
     atomic_write_text(run_dir / "eval" / "summary.json", json.dumps(summary, indent=2))
 
     with torch.no_grad():
-        samples = model.sample(cfg.eval.grid_samples, cfg.eval.temperature, torch.Generator().manual_seed(cfg.eval.seed))
+        samples = model.sample(
+            cfg.eval.grid_samples, cfg.eval.temperature, torch.Generator().manual_seed(cfg.eval.seed)
+        )
         originals = dequantize(splits.test[:16], splits.levels, gen).to(device)
         recon = model.decode(model.encode(originals))
     rows = list(samples.split(16)) + [originals, recon]
