@@ -24,6 +24,26 @@ def _train(args) -> int:
     return 0
 
 
+def _shards(args) -> int:
+    from .data import write_shards
+
+    manifest = write_shards(
+        args.source,
+        args.out_dir,
+        encoding=args.encoding,
+        resolution=args.resolution,
+        samples_per_shard=args.samples_per_shard,
+        shard_size_mb=args.shard_size_mb,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    counts = ", ".join(f"{k} {manifest.count(k)} in {len(v)} shards" for k, v in manifest.splits.items())
+    print(f"wrote {args.out_dir}: {counts}; images {manifest.image_shape}, {manifest.levels} levels, {manifest.encoding}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aef-hpc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command")
@@ -32,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.name=vae train.steps=200")
     train.set_defaults(func=_train)
+
+    shards = commands.add_parser("shards", help="write webdataset tar shards and manifest.json from a source")
+    shards.add_argument("source", help="digits | a folder of images or .npz files | a .npy array | torchvision:NAME:ROOT")
+    shards.add_argument("out_dir", help="new folder for the shards and manifest.json")
+    shards.add_argument("--encoding", choices=("png", "npy"), default="png")
+    shards.add_argument("--resolution", type=int, help="resize every image to R×R (bicubic)")
+    shards.add_argument("--samples-per-shard", type=int, default=1000)
+    shards.add_argument("--shard-size-mb", type=float, help="start a new shard past this size instead")
+    shards.add_argument("--val-fraction", type=float, default=0.1)
+    shards.add_argument("--test-fraction", type=float, default=0.2)
+    shards.add_argument("--seed", type=int, default=3, help="seed of the random split (sources without their own)")
+    shards.add_argument("--no-progress", action="store_true")
+    shards.set_defaults(func=_shards, overrides=[])
     return parser
 
 

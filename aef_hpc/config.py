@@ -6,6 +6,7 @@ wrong types and impossible values raise ``ConfigError`` naming the key.
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,14 +36,26 @@ class ModelConfig:
     """aef-linear importance-sampling proposal std (re-selected on validation data if eval.select_proposal_std)"""
     iwae_samples: int = 10
     """K of the IWAE training bound"""
+    image_shape: Optional[list[int]] = None
+    """expected [C, H, W]; null takes it from the data, a value must match the data or training does not start"""
+    bit_depth: Optional[int] = None
+    """expected bits per pixel value; null takes it from the data (digits: 5, i.e. 17 levels)"""
 
 
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """the embedded dataset: scikit-learn's 1,797 handwritten digits, 1x8x8, 17 levels"""
+    """the embedded dataset: scikit-learn's 1,797 handwritten digits, 1x8x8, 17 levels (used when path is null)"""
+    path: Optional[str] = None
+    """shards written by `aef-hpc shards`: a folder, or a URL template with {shard} (e.g. 'pipe:cat /data/{shard}')"""
+    manifest: Optional[str] = None
+    """manifest.json of a URL template; a folder's own manifest.json by default"""
+    num_workers: int = 0
+    """data-loading worker processes per rank (shards)"""
+    shuffle_buffer: int = 1000
+    """samples in each worker's shuffle buffer (shards, training)"""
     seed: int = 3
-    """seed of the train/validation/test split"""
+    """seed of the embedded dataset's train/validation/test split and of the shard order"""
     val_fraction: float = 0.1
     test_fraction: float = 0.2
 
@@ -113,6 +126,10 @@ def _check(cfg: Config) -> None:
         section, name = key.split(".")
         if not getattr(getattr(cfg, section), name) > 0:
             raise ConfigError(f"{key}={getattr(getattr(cfg, section), name)} must be positive")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be 0 or more")
+    if cfg.model.image_shape is not None and (len(cfg.model.image_shape) != 3 or min(cfg.model.image_shape) < 1):
+        raise ConfigError(f"model.image_shape={cfg.model.image_shape} must be three positive ints [C, H, W]")
     fractions = cfg.data.val_fraction + cfg.data.test_fraction
     if not (0 < cfg.data.val_fraction and 0 < cfg.data.test_fraction and fractions < 1):
         raise ConfigError(

@@ -11,7 +11,7 @@ MODELS = ["aef-center", "aef-corner", "aef-checkerboard", "aef-linear", "vae", "
 
 @pytest.fixture(scope="module")
 def digits():
-    images, levels = load_digits_images()
+    images, levels, _ = load_digits_images()
     return images[:512], levels
 
 

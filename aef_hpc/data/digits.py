@@ -36,16 +36,17 @@ def split(images: torch.Tensor, levels: int, val_fraction: float, test_fraction:
     return Splits(images[train], images[val], images[test], levels)
 
 
-def load_digits_images() -> tuple[torch.Tensor, int]:
-    """All 1,797 digits as uint8 ``[N, 1, 8, 8]`` and their number of levels (max value + 1 = 17)."""
+def load_digits_images() -> tuple[torch.Tensor, int, torch.Tensor]:
+    """All 1,797 digits as uint8 ``[N, 1, 8, 8]``, their number of levels (max value + 1 = 17) and labels."""
     from sklearn.datasets import load_digits
 
-    images = torch.from_numpy(load_digits().images).to(torch.uint8).unsqueeze(1)
-    return images, int(images.max()) + 1
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).to(torch.uint8).unsqueeze(1)
+    return images, int(images.max()) + 1, torch.from_numpy(digits.target)
 
 
 def load_embedded(name: str, val_fraction: float, test_fraction: float, seed: int) -> Splits:
     if name != "digits":
         raise ConfigError(f"data.name={name!r} is not an embedded dataset: the embedded one is 'digits'")
-    images, levels = load_digits_images()
+    images, levels, _ = load_digits_images()
     return split(images, levels, val_fraction, test_fraction, seed)

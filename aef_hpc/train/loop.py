@@ -6,6 +6,7 @@ Usage: ``aef-hpc train [--config FILE] [key=value ...]`` (see ``aef_hpc.config``
 
 import copy
 import csv
+import itertools
 import json
 import math
 import sys
@@ -16,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, to_yaml
-from ..data import Splits, dequantize, load_embedded
-from ..errors import AEFError, ConfigError
+from ..data import dequantize, open_data
+from ..errors import AEFError, ConfigError, DataError
 from ..evaluate import mean_loss, negative_log_likelihood, save_grid
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
@@ -52,28 +53,41 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
 
 
-def batches_forever(n: int, batch_size: int, generator: torch.Generator):
-    """Index batches of a fresh random permutation each epoch; the last partial batch is dropped."""
-    batch_size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield order[i : i + batch_size]
+def check_data_matches_model(data, cfg: Config) -> None:
+    """The data's image shape and bit depth against the ones the model config expects (if it names them)."""
+    expected = cfg.model.image_shape
+    if expected is not None and tuple(expected) != tuple(data.image_shape):
+        raise DataError(
+            f"the data holds images of shape {list(data.image_shape)} but model.image_shape={list(expected)}: "
+            "fix model.image_shape (or set it to null) or rewrite the shards with --resolution"
+        )
+    bits = max(1, math.ceil(math.log2(data.levels)))
+    if cfg.model.bit_depth is not None and cfg.model.bit_depth != bits:
+        raise DataError(f"the data has {data.levels} levels ({bits} bits) but model.bit_depth={cfg.model.bit_depth}")
+
+
+def training_batches(data, batch_size: int):
+    """``(epoch, Batch)`` forever, epoch after epoch."""
+    for epoch in itertools.count():
+        for batch in data.train_epoch(epoch, batch_size):
+            yield epoch, batch
 
 
 def train(cfg: Config, progress: bool = True) -> RunResult:
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    splits: Splits = load_embedded(cfg.data.name, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
-    model = model_from_config(cfg.model, splits.image_shape).to(device)
+    d = cfg.data
+    data = open_data(d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer)
+    check_data_matches_model(data, cfg)
+    model = model_from_config(cfg.model, data.image_shape).to(device)
     run_dir = fresh_run_dir(cfg.run.out_dir, cfg.run.name)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     data_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
     eval_gen = lambda: torch.Generator().manual_seed(cfg.eval.seed)  # noqa: E731  same noise at every validation
-    batches = batches_forever(splits.train.shape[0], cfg.train.batch_size, data_gen)
-    losses, best_val, best_state = [], math.inf, None
+    batches = training_batches(data, cfg.train.batch_size)
+    losses, best_val, best_state, skipped = [], math.inf, None, 0
 
     with open(run_dir / "metrics.csv", "w", newline="") as handle:
         log = csv.writer(handle)
@@ -87,7 +101,9 @@ def train(cfg: Config, progress: bool = True) -> RunResult:
         )
         for step in bar:
             model.train()
-            x = dequantize(splits.train[next(batches)], splits.levels, data_gen).to(device)
+            epoch, batch = next(batches)
+            skipped += batch.skipped
+            x = dequantize(batch.images, data.levels, data_gen).to(device)
             loss = model.loss(x).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -101,8 +117,10 @@ def train(cfg: Config, progress: bool = True) -> RunResult:
             bar.set_postfix({model.loss_name: f"{losses[-1]:.2f}"})
             if step % cfg.train.log_every == 0:
                 log.writerow([step, "train", model.loss_name, losses[-1]])
+                log.writerow([step, "train", "epoch", epoch])
+                log.writerow([step, "train", "skipped_samples", skipped])
             if step % cfg.train.val_every == 0 or step == cfg.train.steps:
-                val = mean_loss(model, splits.val, splits.levels, cfg.eval.batch_size, eval_gen(), device)
+                val = mean_loss(model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device)
                 log.writerow([step, "val", model.loss_name, val])
                 handle.flush()
                 if val < best_val:
@@ -110,26 +128,25 @@ def train(cfg: Config, progress: bool = True) -> RunResult:
 
     model.load_state_dict(best_state)
     atomic_save({"model": best_state, "config": to_yaml(cfg)}, run_dir / "model.pt")
-    return evaluate_run(model, cfg, splits, run_dir, device, losses, best_val)
+    return evaluate_run(model, cfg, data, run_dir, device, losses, best_val, skipped)
 
 
-def evaluate_run(model, cfg: Config, splits: Splits, run_dir: Path, device, losses, best_val) -> RunResult:
+def evaluate_run(model, cfg: Config, data, run_dir: Path, device, losses, best_val, skipped=0) -> RunResult:
     """Test NLL (exact or importance-sampled) in nats and bits/dim, per-sample records, and the PNG grid."""
     model.eval()
-    summary = {"loss_name": model.loss_name, "best_val_loss": best_val}
+    summary = {"loss_name": model.loss_name, "best_val_loss": best_val, "skipped_samples": skipped}
     if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:
         gen = torch.Generator().manual_seed(cfg.eval.seed)
-        val = [dequantize(b, splits.levels, gen).to(device) for b in splits.val.split(cfg.eval.batch_size)]
+        val = [dequantize(b, data.levels, gen).to(device) for b in data.eval_batches("val", cfg.eval.batch_size)]
         summary["proposal_std"], _ = select_proposal_std(
             model, val, num_samples=64, chunk_size=cfg.eval.chunk_size, generator=gen
         )
     gen = torch.Generator().manual_seed(cfg.eval.seed)
-    nll = negative_log_likelihood(
-        model, splits.test, splits.levels, cfg.eval.batch_size, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device
-    )
+    test = data.eval_batches("test", cfg.eval.batch_size)
+    nll = negative_log_likelihood(model, test, data.levels, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device)
     summary["test_nll"] = nll.mean().item()
-    summary["test_bpd"] = bits_per_dim(summary["test_nll"], model.num_dims, splits.levels)
-    summary["levels"] = splits.levels
+    summary["test_bpd"] = bits_per_dim(summary["test_nll"], model.num_dims, data.levels)
+    summary["levels"] = data.levels
     (run_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(
         run_dir / "eval" / "test_nll.csv",
@@ -141,7 +158,7 @@ def evaluate_run(model, cfg: Config, splits: Splits, run_dir: Path, device, loss
         samples = model.sample(
             cfg.eval.grid_samples, cfg.eval.temperature, torch.Generator().manual_seed(cfg.eval.seed)
         )
-        originals = dequantize(splits.test[:16], splits.levels, gen).to(device)
+        originals = dequantize(next(iter(data.eval_batches("test", 16))), data.levels, gen).to(device)
         recon = model.decode(model.encode(originals))
     rows = list(samples.split(16)) + [originals, recon]
     grid = save_grid(rows, run_dir / "samples" / "samples_and_reconstructions.png")

@@ -1,0 +1,46 @@
+"""In-memory data (the embedded digits) behind the same interface as ``ShardSource``."""
+
+import itertools
+from collections.abc import Iterator
+
+import torch
+
+from .digits import Splits
+from .stream import Batch, world_info
+
+
+class TensorSource:
+    """Train/val/test uint8 tensors; training batches are a permutation seeded by ``(seed, epoch)``, dealt to ranks."""
+
+    def __init__(self, splits: Splits, seed: int = 0):
+        self.splits, self.seed = splits, seed
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.splits.image_shape
+
+    @property
+    def levels(self) -> int:
+        return self.splits.levels
+
+    def _split(self, split: str) -> torch.Tensor:
+        return {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[split]
+
+    def count(self, split: str) -> int:
+        return len(self._split(split))
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return max(1, self.count("train") // (world_info()[1] * batch_size))
+
+    def train_epoch(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        rank, world = world_info()
+        n = self.count("train")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        mine = order[rank::world]
+        size = min(batch_size, len(mine))
+        for i in itertools.islice(range(0, len(mine) - size + 1, size), self.batches_per_epoch(batch_size)):
+            yield Batch(self.splits.train[mine[i : i + size]])
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[torch.Tensor]:
+        rank, world = world_info()
+        yield from self._split(split)[rank::world].split(batch_size)

@@ -1,0 +1,210 @@
+"""Streaming tar shards with webdataset: split by rank and worker, decode only declared keys, batch.
+
+Training (``train_epoch``): each epoch a permutation of the shards seeded by ``(seed, epoch)`` is dealt to
+ranks, then to workers; every worker cycles through its shards and shuffles samples in a buffer seeded by
+``(seed, epoch, rank, worker)``. Each rank yields exactly ``floor(N_train / (world * batch))`` batches per epoch,
+so no rank runs dry and hangs a collective. Restarting at epoch ``e`` reproduces epoch ``e``'s order; a position
+inside an epoch is not restored (the epoch restarts). Bad samples and truncated shards are skipped with a
+warning and counted in ``Batch.skipped``.
+
+Evaluation (``eval_batches``): shard ``i`` goes to rank ``i % world`` and, within the rank, to one worker, in
+a fixed order, so every sample is read exactly once; the per-shard counts (summed over ranks) must equal the
+manifest's, and any decoding problem is an error naming the shard and key.
+"""
+
+import itertools
+import random
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from ..errors import DataError
+from .codec import DECLARED, CorruptSample, decode_sample
+from .manifest import Manifest
+
+
+@dataclass
+class Batch:
+    """uint8 images ``[B, C, H, W]``, plus how many samples were skipped as corrupt since the previous batch."""
+
+    images: torch.Tensor
+    skipped: int = 0
+
+
+def world_info() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed if initialised, else ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shard_urls(location: str, manifest: Manifest, split: str) -> list[str]:
+    """A local folder, or a URL template with ``{shard}`` (``pipe:`` commands, ``http://``, ... as webdataset opens)."""
+    names = [s.name for s in manifest.shards(split)]
+    if "{shard}" in location:
+        return [location.replace("{shard}", n) for n in names]
+    return [str(Path(location) / n) for n in names]
+
+
+def _declared(fname: str) -> bool:
+    return fname.endswith(DECLARED)
+
+
+def _url_of(exn: Exception) -> str:
+    strings = [a for a in exn.args if isinstance(a, str)]
+    return strings[-1] if len(strings) > 1 else "?"
+
+
+class _SkipCounter:
+    """Training handler: warn, count, go on (webdataset then skips the rest of a broken shard)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        self.count += 1
+        warnings.warn(f"skipping corrupt data ({type(exn).__name__}: {str(exn.args[0]) if exn.args else exn})", stacklevel=2)
+        return True
+
+
+def _raise_named(exn: Exception) -> bool:
+    raise DataError(f"shard {_url_of(exn)} is unreadable ({type(exn).__name__}: {exn.args[0] if exn.args else exn})") from exn
+
+
+class ShardReader(IterableDataset):
+    """The per-worker pipeline: shard list -> tar samples (declared keys only) -> decode -> [shuffle] -> batch."""
+
+    def __init__(self, urls, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1)):
+        super().__init__()
+        self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
+        self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
+        self.rank, self.world = world
+
+    def _train_shards(self, worker: int, workers: int):
+        n = len(self.urls)
+        for cycle in itertools.count():
+            order = random.Random(f"{self.seed}-{self.epoch}-{cycle}").sample(range(n), n)
+            mine = order[self.rank :: self.world] or [order[self.rank % n]]
+            mine = mine[worker::workers] or [mine[worker % len(mine)]]
+            yield from (dict(url=self.urls[i], index=i) for i in mine)
+
+    def _eval_shards(self, worker: int, workers: int):
+        mine = list(range(len(self.urls)))[self.rank :: self.world][worker::workers]
+        yield from (dict(url=self.urls[i], index=i) for i in mine)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.train:
+            handler = _SkipCounter()
+            shards = self._train_shards(worker, workers)
+        else:
+            handler = _raise_named
+            shards = self._eval_shards(worker, workers)
+        index_of = {}
+
+        def track(stream):
+            for shard in stream:
+                index_of[shard["url"]] = shard["index"]
+                yield dict(url=shard["url"])
+
+        samples = tarfile_samples(track(shards), handler=handler, select_files=_declared)
+        if self.train:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
+            samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
+        images, keys, shard_ids = [], [], []
+        for sample in samples:
+            try:
+                key, image, _ = decode_sample(sample, self.image_shape)
+            except CorruptSample as exc:
+                if not self.train:
+                    raise
+                handler(exc)
+                continue
+            images.append(image)
+            keys.append(key)
+            shard_ids.append(index_of[sample["__url__"]])
+            if len(images) == self.batch_size:
+                yield self._collate(images, keys, shard_ids, handler)
+                images, keys, shard_ids = [], [], []
+        if images and not self.train:
+            yield self._collate(images, keys, shard_ids, handler)
+
+    def _collate(self, images, keys, shard_ids, handler):
+        batch = torch.from_numpy(np.stack(images))
+        if self.train:
+            skipped, handler.count = handler.count, 0
+            return batch, skipped
+        return batch, keys, torch.tensor(shard_ids)
+
+
+def _one_line(exc: Exception) -> str:
+    """A DataLoader worker's error carries its traceback; keep the final message line."""
+    last = str(exc).strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith("aef_hpc.") and ": " in last else last
+
+
+class ShardSource:
+    """A shard dataset described by ``manifest.json``; the data interface used by training and evaluation."""
+
+    def __init__(self, location: str, manifest: str | None = None, num_workers: int = 0, shuffle_buffer: int = 1000, seed: int = 0):
+        self.location = str(location)
+        if manifest is None:
+            if "{shard}" in self.location:
+                raise DataError(f"data.path={self.location!r} is a URL template: give data.manifest as well")
+            manifest = str(Path(self.location) / "manifest.json")
+        self.manifest = Manifest.load(manifest)
+        self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest.image_shape)
+
+    @property
+    def levels(self) -> int:
+        return self.manifest.levels
+
+    def count(self, split: str) -> int:
+        return self.manifest.count(split)
+
+    def _loader(self, split, batch_size, train, epoch=0, world=(0, 1)):
+        reader = ShardReader(
+            shard_urls(self.location, self.manifest, split), self.image_shape, batch_size, train,
+            self.seed, epoch, self.shuffle_buffer, world,
+        )
+        return DataLoader(reader, batch_size=None, num_workers=self.num_workers)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return max(1, self.count("train") // (world_info()[1] * batch_size))
+
+    def train_epoch(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        world = world_info()
+        loader = self._loader("train", batch_size, True, epoch, world)
+        for images, skipped in itertools.islice(loader, self.batches_per_epoch(batch_size)):
+            yield Batch(images, int(skipped))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[torch.Tensor]:
+        world = world_info()
+        shards = self.manifest.shards(split)
+        counts = torch.zeros(len(shards), dtype=torch.int64)
+        try:
+            for images, _, shard_ids in self._loader(split, batch_size, False, world=world):
+                counts += torch.bincount(shard_ids, minlength=len(shards))
+                yield images
+        except DataError as exc:
+            raise DataError(_one_line(exc)) from None
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        short = [f"{s.name} ({int(c)} of {s.count})" for s, c in zip(shards, counts, strict=True) if c != s.count]
+        if short:
+            raise DataError(f"{split} split: shards delivered a different number of samples than manifest.json says: {', '.join(short)}")

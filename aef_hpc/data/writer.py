@@ -1,0 +1,120 @@
+"""``aef-hpc shards``: convert a source into webdataset tar shards plus ``manifest.json``.
+
+Each shard is written under ``<name>.tmp`` and renamed when complete; the manifest is written last, so an
+interrupted run never leaves a half-written shard under its final name nor a manifest that lies.
+"""
+
+import hashlib
+import io
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import DataError
+from .codec import encode_image
+from .manifest import SPLITS, Manifest, ShardInfo
+from .sources import Source, open_source
+
+
+def assign_splits(source: Source, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list]:
+    """Keep a source's own split; otherwise a seeded random permutation (as ``digits.split``). Index order within."""
+    if all(item.split is not None for item in source.items):
+        groups = {s: [i for i in source.items if i.split == s] for s in SPLITS}
+        return {s: v for s, v in groups.items() if v}
+    n = len(source.items)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if min(n_val, n_test, n - n_val - n_test) < 1 and n >= 3:
+        raise DataError(f"splitting {n} images into val={val_fraction}, test={test_fraction} leaves an empty split")
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    return {s: [source.items[i] for i in sorted(idx)] for s, idx in parts.items() if idx}
+
+
+def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
+    pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    resized = np.asarray(Image.fromarray(pixels).resize((resolution, resolution), Image.BICUBIC))
+    return resized[None] if resized.ndim == 2 else np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
+class _ShardFile:
+    """One tar shard being written to ``<name>.tmp``; ``close`` renames it and returns its ``ShardInfo``."""
+
+    def __init__(self, out_dir: Path, name: str):
+        self.path, self.tmp = out_dir / name, out_dir / (name + ".tmp")
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        self.tar.close()
+        digest = hashlib.sha256(self.tmp.read_bytes()).hexdigest()
+        os.replace(self.tmp, self.path)
+        return ShardInfo(self.path.name, self.count, digest, self.path.stat().st_size)
+
+
+def write_shards(
+    spec: str,
+    out_dir: str | Path,
+    encoding: str = "png",
+    resolution: int | None = None,
+    samples_per_shard: int = 1000,
+    shard_size_mb: float | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 3,
+    progress: bool = True,
+) -> Manifest:
+    """Write ``out_dir/{split}-NNNNNN.tar`` and ``out_dir/manifest.json``; return the manifest."""
+    if encoding not in ("png", "npy"):
+        raise DataError(f"encoding {encoding!r} is unknown: use png or npy")
+    if samples_per_shard < 1 or (shard_size_mb is not None and shard_size_mb <= 0):
+        raise DataError("samples per shard and shard size must be positive")
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists():
+        raise DataError(f"{out_dir} already holds a dataset (manifest.json): choose another folder or delete it")
+    source = open_source(spec)
+    splits = assign_splits(source, val_fraction, test_fraction, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    max_bytes = None if shard_size_mb is None else shard_size_mb * 2**20
+    shape, written = None, {}
+    bar = tqdm(total=len(source.items), desc=f"shards {Path(spec).name}", unit="img", disable=not progress,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    for split, items in splits.items():
+        written[split], shard, size = [], None, 0
+        for item in items:
+            image = item.load()
+            image = _resize(image, resolution) if resolution else image
+            if shape is None:
+                shape = image.shape
+            if image.shape != shape:
+                raise DataError(f"{spec}: image {item.index} has shape {list(image.shape)}, the first had {list(shape)}: pass --resolution")
+            if encoding == "png" and shape[0] not in (1, 3):
+                raise DataError(f"PNG holds 1 or 3 channels, the images have {shape[0]}: use --encoding npy")
+            files = {encoding: encode_image(image, encoding), "cls": str(item.label).encode()}
+            full = shard is not None and (shard.count >= samples_per_shard or (max_bytes and size >= max_bytes))
+            if shard is None or full:
+                if shard is not None:
+                    written[split].append(shard.close())
+                shard, size = _ShardFile(out_dir, f"{split}-{len(written[split]):06d}.tar"), 0
+            shard.add(f"{item.index:08d}", files)
+            size += sum(len(v) for v in files.values()) + 1024
+            bar.update()
+        written[split].append(shard.close())
+    bar.close()
+    manifest = Manifest(list(shape), source.levels, encoding, written, source=spec, seed=seed)
+    tmp = out_dir / "manifest.json.tmp"
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, out_dir / "manifest.json")
+    return manifest
