@@ -2,7 +2,7 @@
 
 Training and evaluation see one interface, implemented by ``TensorSource`` (in memory) and ``ShardSource``
 (webdataset shards): ``image_shape``, ``levels``, ``count(split)``, ``train_epoch(epoch, batch_size)`` yielding
-``Batch(images, skipped)`` and ``eval_batches(split, batch_size)`` yielding uint8 image batches.
+``Batch(images, skipped)`` and ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``.
 """
 
 from .dequantize import dequantize

@@ -41,6 +41,9 @@ class TensorSource:
         for i in itertools.islice(range(0, len(mine) - size + 1, size), self.batches_per_epoch(batch_size)):
             yield Batch(self.splits.train[mine[i : i + size]])
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[torch.Tensor]:
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """``(keys, images)`` with keys ``"<split>-<position>"``, this rank's share in order."""
         rank, world = world_info()
-        yield from self._split(split)[rank::world].split(batch_size)
+        positions = torch.arange(self.count(split))[rank::world]
+        for chunk in positions.split(batch_size):
+            yield [f"{split}-{int(i):05d}" for i in chunk], self._split(split)[chunk]

@@ -84,9 +84,10 @@ def _raise_named(exn: Exception) -> bool:
 class ShardReader(IterableDataset):
     """The per-worker pipeline: shard list -> tar samples (declared keys only) -> decode -> [shuffle] -> batch."""
 
-    def __init__(self, urls, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1)):
+    def __init__(self, urls, counts, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1)):
         super().__init__()
         self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
+        self.counts = dict(zip(self.urls, counts, strict=True))
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
         self.rank, self.world = world
 
@@ -118,7 +119,7 @@ class ShardReader(IterableDataset):
                 index_of[shard["url"]] = shard["index"]
                 yield dict(url=shard["url"])
 
-        samples = tarfile_samples(track(shards), handler=handler, select_files=_declared)
+        samples = self._checked(tarfile_samples(track(shards), handler=handler, select_files=_declared), handler)
         if self.train:
             rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
             samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
@@ -139,6 +140,26 @@ class ShardReader(IterableDataset):
                 images, keys, shard_ids = [], [], []
         if images and not self.train:
             yield self._collate(images, keys, shard_ids, handler)
+
+    def _checked(self, samples, handler):
+        """Pass samples on, checking each shard delivers the manifest's count (a truncated tar ends silently)."""
+        url, n, key = None, 0, None
+        for sample in samples:
+            if sample["__url__"] != url:
+                self._shard_done(url, n, key, handler)
+                url, n = sample["__url__"], 0
+            n, key = n + 1, sample["__key__"]
+            yield sample
+        self._shard_done(url, n, key, handler)
+
+    def _shard_done(self, url, n, key, handler):
+        if url is None or n == self.counts[url]:
+            return
+        message = f"shard {url} ended after {n} of {self.counts[url]} samples (last key {key}): truncated or rewritten?"
+        if not self.train:
+            raise DataError(message)
+        handler(DataError(message))
+        handler.count += max(0, self.counts[url] - n) - 1
 
     def _collate(self, images, keys, shard_ids, handler):
         batch = torch.from_numpy(np.stack(images))
@@ -178,8 +199,9 @@ class ShardSource:
         return self.manifest.count(split)
 
     def _loader(self, split, batch_size, train, epoch=0, world=(0, 1)):
+        counts = [s.count for s in self.manifest.shards(split)]
         reader = ShardReader(
-            shard_urls(self.location, self.manifest, split), self.image_shape, batch_size, train,
+            shard_urls(self.location, self.manifest, split), counts, self.image_shape, batch_size, train,
             self.seed, epoch, self.shuffle_buffer, world,
         )
         return DataLoader(reader, batch_size=None, num_workers=self.num_workers)
@@ -193,14 +215,14 @@ class ShardSource:
         for images, skipped in itertools.islice(loader, self.batches_per_epoch(batch_size)):
             yield Batch(images, int(skipped))
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[torch.Tensor]:
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         world = world_info()
         shards = self.manifest.shards(split)
         counts = torch.zeros(len(shards), dtype=torch.int64)
         try:
-            for images, _, shard_ids in self._loader(split, batch_size, False, world=world):
+            for images, keys, shard_ids in self._loader(split, batch_size, False, world=world):
                 counts += torch.bincount(shard_ids, minlength=len(shards))
-                yield images
+                yield keys, images
         except DataError as exc:
             raise DataError(_one_line(exc)) from None
         if dist.is_available() and dist.is_initialized():

@@ -137,20 +137,20 @@ def evaluate_run(model, cfg: Config, data, run_dir: Path, device, losses, best_v
     summary = {"loss_name": model.loss_name, "best_val_loss": best_val, "skipped_samples": skipped}
     if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:
         gen = torch.Generator().manual_seed(cfg.eval.seed)
-        val = [dequantize(b, data.levels, gen).to(device) for b in data.eval_batches("val", cfg.eval.batch_size)]
+        val = [dequantize(b, data.levels, gen).to(device) for _, b in data.eval_batches("val", cfg.eval.batch_size)]
         summary["proposal_std"], _ = select_proposal_std(
             model, val, num_samples=64, chunk_size=cfg.eval.chunk_size, generator=gen
         )
     gen = torch.Generator().manual_seed(cfg.eval.seed)
     test = data.eval_batches("test", cfg.eval.batch_size)
-    nll = negative_log_likelihood(model, test, data.levels, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device)
+    keys, nll = negative_log_likelihood(model, test, data.levels, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device)
     summary["test_nll"] = nll.mean().item()
     summary["test_bpd"] = bits_per_dim(summary["test_nll"], model.num_dims, data.levels)
     summary["levels"] = data.levels
     (run_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(
         run_dir / "eval" / "test_nll.csv",
-        "index,nll_nats\n" + "".join(f"{i},{v}\n" for i, v in enumerate(nll.tolist())),
+        "key,nll_nats\n" + "".join(f"{k},{v}\n" for k, v in zip(keys, nll.tolist(), strict=True)),
     )
     atomic_write_text(run_dir / "eval" / "summary.json", json.dumps(summary, indent=2))
 
@@ -158,7 +158,7 @@ def evaluate_run(model, cfg: Config, data, run_dir: Path, device, losses, best_v
         samples = model.sample(
             cfg.eval.grid_samples, cfg.eval.temperature, torch.Generator().manual_seed(cfg.eval.seed)
         )
-        originals = dequantize(next(iter(data.eval_batches("test", 16))), data.levels, gen).to(device)
+        originals = dequantize(next(iter(data.eval_batches("test", 16)))[1], data.levels, gen).to(device)
         recon = model.decode(model.encode(originals))
     rows = list(samples.split(16)) + [originals, recon]
     grid = save_grid(rows, run_dir / "samples" / "samples_and_reconstructions.png")

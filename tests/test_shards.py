@@ -1,0 +1,263 @@
+"""Writing and streaming real tar shards: round trips, manifests, safety, corrupt data and bad input."""
+
+import hashlib
+import json
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from shard_helpers import digits_shards, read_members, write_tar
+
+from aef_hpc.cli import main
+from aef_hpc.data import ShardSource, load_digits_images, load_embedded, write_shards
+from aef_hpc.data.codec import encode_image
+from aef_hpc.errors import DataError
+
+
+def eval_all(source, split, batch_size=64):
+    keys, images = [], []
+    for k, x in source.eval_batches(split, batch_size):
+        keys += k
+        images.append(x)
+    return keys, torch.cat(images)
+
+
+@pytest.mark.parametrize("encoding", ["png", "npy"])
+def test_digits_round_trip_is_bit_identical(tmp_path, encoding):
+    manifest = digits_shards(tmp_path, encoding)
+    digits, levels, _ = load_digits_images()
+    assert manifest.levels == levels == 17 and manifest.image_shape == [1, 8, 8]
+    assert sum(manifest.count(s) for s in ("train", "val", "test")) == 1797
+    source = ShardSource(str(tmp_path))
+    for split in ("train", "val", "test"):
+        keys, images = eval_all(source, split)
+        assert len(keys) == len(set(keys)) == manifest.count(split)
+        assert images.dtype == torch.uint8
+        assert torch.equal(images, digits[[int(k) for k in keys]])
+
+
+def test_digit_shards_hold_the_embedded_split(tmp_path):
+    digits_shards(tmp_path)
+    embedded = load_embedded("digits", 0.1, 0.2, 3)
+    _, test_images = eval_all(ShardSource(str(tmp_path)), "test")
+    assert sorted(map(bytes, test_images.numpy())) == sorted(map(bytes, embedded.test.numpy()))
+
+
+def test_manifest_checksums_and_no_temporary_files(tmp_path):
+    manifest = digits_shards(tmp_path, samples_per_shard=500)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["bit_depth"] == 5 and raw["dtype"] == "uint8" and raw["counts"]["train"] == manifest.count("train")
+    for shards in manifest.splits.values():
+        for shard in shards:
+            data = (tmp_path / shard.name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(DataError, match="already holds a dataset"):
+        digits_shards(tmp_path)
+
+
+def test_shard_size_limit(tmp_path):
+    manifest = write_shards("digits", tmp_path, shard_size_mb=0.1, samples_per_shard=10**6, progress=False)
+    assert len(manifest.splits["train"]) > 1
+    assert all(s.bytes < 0.2 * 2**20 for s in manifest.splits["train"])
+
+
+def test_image_folder_with_classes_resized(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "src" / cls / f"{i}.png")
+    manifest = write_shards(str(tmp_path / "src"), tmp_path / "out", resolution=8, val_fraction=0.2, test_fraction=0.2, progress=False)
+    assert manifest.image_shape == [3, 8, 8] and manifest.levels == 256
+    assert sum(manifest.count(s) for s in ("train", "val", "test")) == 10
+    members = read_members(tmp_path / "out" / manifest.splits["train"][0].name)
+    labels = {v for k, v in members.items() if k.endswith(".cls")}
+    assert labels <= {b"0", b"1"}
+
+
+def test_flat_folder_needs_resolution_for_mixed_sizes(tmp_path):
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "src" / "a.png")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "src" / "b.png")
+    with pytest.raises(DataError, match="pass --resolution"):
+        write_shards(str(tmp_path / "src"), tmp_path / "out", val_fraction=0.3, test_fraction=0.3, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_npz_folder_keeps_its_own_split(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("valid", 2), ("test", 3)):
+        (tmp_path / "celeba" / split).mkdir(parents=True)
+        for i in range(n):
+            np.savez(tmp_path / "celeba" / split / f"{i:03d}.npz", image=rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    manifest = write_shards(str(tmp_path / "celeba"), tmp_path / "out", encoding="npy", progress=False)
+    assert (manifest.count("train"), manifest.count("val"), manifest.count("test")) == (4, 2, 3)
+    assert manifest.image_shape == [3, 4, 4]
+
+
+def test_npy_array_source(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (20, 6, 6), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", array)
+    write_shards(str(tmp_path / "a.npy"), tmp_path / "out", progress=False)
+    keys, images = eval_all(ShardSource(str(tmp_path / "out")), "train")
+    assert torch.equal(images[:, 0], torch.from_numpy(array[[int(k) for k in keys]]))
+
+
+def test_torchvision_source_fails_clearly_without_the_package_or_files(tmp_path):
+    with pytest.raises(DataError, match="torchvision"):
+        write_shards(f"torchvision:MNIST:{tmp_path}", tmp_path / "out", progress=False)
+
+
+class _WritesAFile:
+    """A pickle payload that creates a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_members_are_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_WritesAFile(str(marker)))
+    image = encode_image(np.zeros((1, 2, 2), np.uint8), "png")
+    evil_npy = tmp_path / "evil.npy"
+    np.save(evil_npy, np.array([_WritesAFile(str(marker))], dtype=object), allow_pickle=True)
+    (tmp_path / "ds").mkdir()
+    write_tar(tmp_path / "ds" / "train-000000.tar", {
+        "a.png": image, "a.pyd": payload, "a.pickle": payload,
+        "b.npy": evil_npy.read_bytes(), "b.cls": b"0",
+        "c.png": image, "c.cls": b"1",
+    })
+    manifest = {"format": "aef_hpc-shards/1", "image_shape": [1, 2, 2], "levels": 256, "encoding": "png",
+                "splits": {"train": [{"name": "train-000000.tar", "count": 3, "sha256": "", "bytes": 0}]}}
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    source = ShardSource(str(tmp_path / "ds"))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        batches = [b for epoch in range(5) for b in source.train_epoch(epoch, 1)]
+    assert all(b.images.shape == (1, 1, 2, 2) for b in batches)
+    assert sum(b.skipped for b in batches) >= 1, "the pickled .npy is a corrupt sample"
+    with pytest.raises(DataError, match="sample b"):
+        list(source.eval_batches("train", 2))
+    assert not marker.exists(), "nothing may be unpickled"
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    """Digit shards where train-000001.tar is truncated and one sample of train-000002.tar has non-image bytes."""
+    manifest = digits_shards(tmp_path)
+    first = tmp_path / "train-000001.tar"
+    first.write_bytes(first.read_bytes()[: 70 * 1024 + 100])
+    second = tmp_path / "train-000002.tar"
+    members = read_members(second)
+    bad_key = sorted(k for k in members if k.endswith(".png"))[3]
+    members[bad_key] = b"this is not a png"
+    write_tar(second, members)
+    return tmp_path, manifest, bad_key[: -len(".png")]
+
+
+def test_training_skips_and_counts_corrupt_data(damaged, float32_default):
+    path, manifest, _ = damaged
+    source = ShardSource(str(path), num_workers=0, shuffle_buffer=50)
+    with pytest.warns(UserWarning, match="skipping corrupt data"):
+        batches = list(source.train_epoch(0, 32))
+    assert len(batches) == manifest.count("train") // 32
+    assert sum(b.skipped for b in batches) >= 2
+    assert all(b.images.shape == (32, 1, 8, 8) for b in batches)
+
+
+def test_evaluation_refuses_a_truncated_shard(damaged):
+    path, _, _ = damaged
+    source = ShardSource(str(path))
+    with pytest.raises(DataError, match="train-000001.tar"):
+        list(source.eval_batches("train", 64))
+
+
+def test_evaluation_names_shard_and_key_of_a_bad_image(damaged):
+    path, _, bad_key = damaged
+    (path / "train-000001.tar").unlink()
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["splits"]["train"] = [s for s in manifest["splits"]["train"] if s["name"] != "train-000001.tar"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"train-000002.tar, sample {bad_key}"):
+        list(ShardSource(str(path), num_workers=2).eval_batches("train", 64))
+
+
+def test_evaluation_count_mismatch_names_the_shards(tmp_path):
+    digits_shards(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["splits"]["test"][0]["count"] += 5
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"test-000000.tar ended after 300 of 305 samples \(last key \d+\)"):
+        list(ShardSource(str(tmp_path)).eval_batches("test", 64))
+    write_tar(tmp_path / "test-000001.tar", {})  # a valid but empty tar: the shard is never seen at all
+    manifest["splits"]["test"][0]["count"] -= 5
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"test split: .*: test-000001.tar \(0 of 59\)"):
+        list(ShardSource(str(tmp_path)).eval_batches("test", 64))
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(DataError, match=rf"no manifest at {tmp_path}"):
+        ShardSource(str(tmp_path))
+    with pytest.raises(DataError, match="give data.manifest"):
+        ShardSource("pipe:cat {shard}")
+
+
+def test_sample_shape_differing_from_manifest(tmp_path):
+    digits_shards(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["image_shape"] = [1, 16, 16]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"the manifest says \[1, 16, 16\]"):
+        list(ShardSource(str(tmp_path)).eval_batches("val", 64))
+
+
+def test_pipe_url_template(tmp_path):
+    digits_shards(tmp_path)
+    source = ShardSource(f"pipe:cat {tmp_path}/{{shard}}", manifest=str(tmp_path / "manifest.json"))
+    keys, _ = eval_all(source, "val")
+    assert len(keys) == 180
+
+
+def test_train_mode_epochs_are_seeded(tmp_path):
+    digits_shards(tmp_path)
+    source = ShardSource(str(tmp_path), shuffle_buffer=100, seed=1)
+    first = torch.cat([b.images for b in source.train_epoch(0, 64)])
+    again = torch.cat([b.images for b in source.train_epoch(0, 64)])
+    other = torch.cat([b.images for b in source.train_epoch(1, 64)])
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_train_from_shards_end_to_end(tmp_path, capsys, float32_default):
+    digits_shards(tmp_path / "shards")
+    args = ["train", f"data.path={tmp_path / 'shards'}", "data.num_workers=2", "train.steps=12", "train.val_every=6",
+            "train.batch_size=32", "eval.grid_samples=8", f"run.out_dir={tmp_path / 'runs'}", "--no-progress"]
+    assert main(args) == 0
+    assert "test bits/dim:" in capsys.readouterr().out
+    records = (tmp_path / "runs" / "digits" / "eval" / "test_nll.csv").read_text().splitlines()
+    assert len(records) == 1 + 359
+
+
+def test_shape_or_bit_depth_mismatch_stops_before_training(tmp_path, capsys):
+    digits_shards(tmp_path / "shards")
+    for bad, match in (("model.image_shape=[1,28,28]", "shape [1, 8, 8] but model.image_shape=[1, 28, 28]"),
+                       ("model.bit_depth=8", "17 levels (5 bits) but model.bit_depth=8")):
+        assert main(["train", f"data.path={tmp_path / 'shards'}", bad, f"run.out_dir={tmp_path / 'runs'}"]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shards_command(tmp_path, capsys):
+    assert main(["shards", "digits", str(tmp_path / "d"), "--encoding", "npy", "--samples-per-shard", "700", "--no-progress"]) == 0
+    assert "train 1258 in 2 shards" in capsys.readouterr().out
+    assert main(["shards", "nowhere", str(tmp_path / "e")]) == 2
+    assert "neither 'digits'" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "e")
