@@ -44,6 +44,18 @@ def _shards(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import data
+
+    rows = data.run(args.out, images=args.images)
+    width = max(len(r["loader"]) for r in rows)
+    for r in rows:
+        print(f"{r['shape']:8s} {r['loader']:{width}s} workers={r['workers']}  {r['images_per_s']:>10.1f} images/s"
+              f"  first batch {r['first_batch_s']:.2f} s")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aef-hpc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command")
@@ -65,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--seed", type=int, default=3, help="seed of the random split (sources without their own)")
     shards.add_argument("--no-progress", action="store_true")
     shards.set_defaults(func=_shards, overrides=[])
+
+    bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
+    bench.add_argument("what", choices=("data",), help="data: shard streaming vs one file per image, and training steps")
+    bench.add_argument("--out", default="bench/data.csv", help="CSV file to write")
+    bench.add_argument("--images", type=int, default=4096, help="images per shape")
+    bench.set_defaults(func=_bench, overrides=[])
     return parser
 
 

@@ -261,3 +261,32 @@ def test_shards_command(tmp_path, capsys):
     assert main(["shards", "nowhere", str(tmp_path / "e")]) == 2
     assert "neither 'digits'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "e")
+
+
+@pytest.mark.parametrize("fmt", ["USTAR_FORMAT", "GNU_FORMAT", "PAX_FORMAT"])
+def test_lean_tar_reader_agrees_with_tarfile(tmp_path, fmt):
+    import io
+    import tarfile
+
+    from aef_hpc.data.tar import tar_members
+
+    members = {"a.png": b"x" * 5, "dir/b.cls": b"7", ("d" * 120) + "/" + ("n" * 60) + ".npy": bytes(range(256)) * 3, "empty.cls": b""}
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=getattr(tarfile, fmt)) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with open(path, "rb") as f:
+        assert dict(tar_members(f, "t.tar", lambda n: True)) == members
+    with open(path, "rb") as f:
+        assert [n for n, _ in tar_members(f, "t.tar", lambda n: n.endswith(".cls"))] == ["dir/b.cls", "empty.cls"]
+    raw = path.read_bytes()
+    inside_long = raw.index(bytes(range(256))) + 100
+    for cut in (100, 512 + 3, inside_long):  # in the first header, in a.png's data, in the long member's data
+        with pytest.raises(DataError, match="t.tar is truncated"):
+            list(tar_members(io.BytesIO(raw[:cut]), "t.tar", lambda n: True))
+    garbage = bytearray(raw)
+    garbage[10] ^= 0xFF
+    with pytest.raises(DataError, match="corrupt tar header"):
+        list(tar_members(io.BytesIO(bytes(garbage)), "t.tar", lambda n: True))

@@ -24,11 +24,12 @@ import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, url_opener
 
 from ..errors import DataError
 from .codec import DECLARED, CorruptSample, decode_sample
 from .manifest import Manifest
+from .tar import tar_members
 
 
 @dataclass
@@ -77,7 +78,29 @@ class _SkipCounter:
         return True
 
 
+def _tar_samples(shards, handler):
+    """webdataset's opener (local paths, ``pipe:``, URLs) and grouping, around the lean tar reader."""
+
+    def members(opened):
+        for source in opened:
+            url = source["url"]
+            try:
+                for name, data in tar_members(source["stream"], url, _declared):
+                    yield dict(fname=name, data=data, __url__=url)
+            except Exception as exn:  # noqa: BLE001  the handler decides: count and go on, or raise
+                exn.args = (*exn.args, url)
+                if not handler(exn):
+                    return
+            finally:
+                source["stream"].close()
+            yield {}  # end of shard: samples of two shards never merge
+
+    return group_by_keys(members(url_opener(shards, handler=handler)), handler=handler)
+
+
 def _raise_named(exn: Exception) -> bool:
+    if isinstance(exn, DataError):
+        raise DataError(exn.args[0]) from exn
     raise DataError(f"shard {_url_of(exn)} is unreadable ({type(exn).__name__}: {exn.args[0] if exn.args else exn})") from exn
 
 
@@ -119,7 +142,7 @@ class ShardReader(IterableDataset):
                 index_of[shard["url"]] = shard["index"]
                 yield dict(url=shard["url"])
 
-        samples = self._checked(tarfile_samples(track(shards), handler=handler, select_files=_declared), handler)
+        samples = self._checked(_tar_samples(track(shards), handler), handler)
         if self.train:
             rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
             samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``aef-hpc bench``: they write CSV; their numbers go to ``docs/benchmarks.md``."""
