@@ -40,7 +40,9 @@ def _shards(args) -> int:
         progress=not args.no_progress,
     )
     counts = ", ".join(f"{k} {manifest.count(k)} in {len(v)} shards" for k, v in manifest.splits.items())
-    print(f"wrote {args.out_dir}: {counts}; images {manifest.image_shape}, {manifest.levels} levels, {manifest.encoding}")
+    print(
+        f"wrote {args.out_dir}: {counts}; images {manifest.image_shape}, {manifest.levels} levels, {manifest.encoding}"
+    )
     return 0
 
 
@@ -50,8 +52,10 @@ def _bench(args) -> int:
     rows = data.run(args.out, images=args.images)
     width = max(len(r["loader"]) for r in rows)
     for r in rows:
-        print(f"{r['shape']:8s} {r['loader']:{width}s} workers={r['workers']}  {r['images_per_s']:>10.1f} images/s"
-              f"  first batch {r['first_batch_s']:.2f} s")
+        print(
+            f"{r['shape']:8s} {r['loader']:{width}s} workers={r['workers']}  {r['images_per_s']:>10.1f} images/s"
+            f"  first batch {r['first_batch_s']:.2f} s"
+        )
     print(f"wrote {args.out}")
     return 0
 
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     shards = commands.add_parser("shards", help="write webdataset tar shards and manifest.json from a source")
-    shards.add_argument("source", help="digits | a folder of images or .npz files | a .npy array | torchvision:NAME:ROOT")
+    shards.add_argument(
+        "source", help="digits | a folder of images or .npz files | a .npy array | torchvision:NAME:ROOT"
+    )
     shards.add_argument("out_dir", help="new folder for the shards and manifest.json")
     shards.add_argument("--encoding", choices=("png", "npy"), default="png")
     shards.add_argument("--resolution", type=int, help="resize every image to R×R (bicubic)")
@@ -79,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     shards.set_defaults(func=_shards, overrides=[])
 
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
-    bench.add_argument("what", choices=("data",), help="data: shard streaming vs one file per image, and training steps")
+    bench.add_argument(
+        "what", choices=("data",), help="data: shard streaming vs one file per image, and training steps"
+    )
     bench.add_argument("--out", default="bench/data.csv", help="CSV file to write")
     bench.add_argument("--images", type=int, default=4096, help="images per shape")
     bench.set_defaults(func=_bench, overrides=[])

@@ -72,7 +72,9 @@ def test_image_folder_with_classes_resized(tmp_path):
         (tmp_path / "src" / cls).mkdir(parents=True)
         for i in range(5):
             Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "src" / cls / f"{i}.png")
-    manifest = write_shards(str(tmp_path / "src"), tmp_path / "out", resolution=8, val_fraction=0.2, test_fraction=0.2, progress=False)
+    manifest = write_shards(
+        str(tmp_path / "src"), tmp_path / "out", resolution=8, val_fraction=0.2, test_fraction=0.2, progress=False
+    )
     assert manifest.image_shape == [3, 8, 8] and manifest.levels == 256
     assert sum(manifest.count(s) for s in ("train", "val", "test")) == 10
     members = read_members(tmp_path / "out" / manifest.splits["train"][0].name)
@@ -94,7 +96,9 @@ def test_npz_folder_keeps_its_own_split(tmp_path):
     for split, n in (("train", 4), ("valid", 2), ("test", 3)):
         (tmp_path / "celeba" / split).mkdir(parents=True)
         for i in range(n):
-            np.savez(tmp_path / "celeba" / split / f"{i:03d}.npz", image=rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+            np.savez(
+                tmp_path / "celeba" / split / f"{i:03d}.npz", image=rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            )
     manifest = write_shards(str(tmp_path / "celeba"), tmp_path / "out", encoding="npy", progress=False)
     assert (manifest.count("train"), manifest.count("val"), manifest.count("test")) == (4, 2, 3)
     assert manifest.image_shape == [3, 4, 4]
@@ -130,13 +134,25 @@ def test_pickle_members_are_never_unpickled(tmp_path):
     evil_npy = tmp_path / "evil.npy"
     np.save(evil_npy, np.array([_WritesAFile(str(marker))], dtype=object), allow_pickle=True)
     (tmp_path / "ds").mkdir()
-    write_tar(tmp_path / "ds" / "train-000000.tar", {
-        "a.png": image, "a.pyd": payload, "a.pickle": payload,
-        "b.npy": evil_npy.read_bytes(), "b.cls": b"0",
-        "c.png": image, "c.cls": b"1",
-    })
-    manifest = {"format": "aef_hpc-shards/1", "image_shape": [1, 2, 2], "levels": 256, "encoding": "png",
-                "splits": {"train": [{"name": "train-000000.tar", "count": 3, "sha256": "", "bytes": 0}]}}
+    write_tar(
+        tmp_path / "ds" / "train-000000.tar",
+        {
+            "a.png": image,
+            "a.pyd": payload,
+            "a.pickle": payload,
+            "b.npy": evil_npy.read_bytes(),
+            "b.cls": b"0",
+            "c.png": image,
+            "c.cls": b"1",
+        },
+    )
+    manifest = {
+        "format": "aef_hpc-shards/1",
+        "image_shape": [1, 2, 2],
+        "levels": 256,
+        "encoding": "png",
+        "splits": {"train": [{"name": "train-000000.tar", "count": 3, "sha256": "", "bytes": 0}]},
+    }
     (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
     source = ShardSource(str(tmp_path / "ds"))
     with warnings.catch_warnings(record=True):
@@ -238,8 +254,17 @@ def test_train_mode_epochs_are_seeded(tmp_path):
 
 def test_train_from_shards_end_to_end(tmp_path, capsys, float32_default):
     digits_shards(tmp_path / "shards")
-    args = ["train", f"data.path={tmp_path / 'shards'}", "data.num_workers=2", "train.steps=12", "train.val_every=6",
-            "train.batch_size=32", "eval.grid_samples=8", f"run.out_dir={tmp_path / 'runs'}", "--no-progress"]
+    args = [
+        "train",
+        f"data.path={tmp_path / 'shards'}",
+        "data.num_workers=2",
+        "train.steps=12",
+        "train.val_every=6",
+        "train.batch_size=32",
+        "eval.grid_samples=8",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "test bits/dim:" in capsys.readouterr().out
     records = (tmp_path / "runs" / "digits" / "eval" / "test_nll.csv").read_text().splitlines()
@@ -248,15 +273,31 @@ def test_train_from_shards_end_to_end(tmp_path, capsys, float32_default):
 
 def test_shape_or_bit_depth_mismatch_stops_before_training(tmp_path, capsys):
     digits_shards(tmp_path / "shards")
-    for bad, match in (("model.image_shape=[1,28,28]", "shape [1, 8, 8] but model.image_shape=[1, 28, 28]"),
-                       ("model.bit_depth=8", "17 levels (5 bits) but model.bit_depth=8")):
+    for bad, match in (
+        ("model.image_shape=[1,28,28]", "shape [1, 8, 8] but model.image_shape=[1, 28, 28]"),
+        ("model.bit_depth=8", "17 levels (5 bits) but model.bit_depth=8"),
+    ):
         assert main(["train", f"data.path={tmp_path / 'shards'}", bad, f"run.out_dir={tmp_path / 'runs'}"]) == 2
         assert match in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
 def test_shards_command(tmp_path, capsys):
-    assert main(["shards", "digits", str(tmp_path / "d"), "--encoding", "npy", "--samples-per-shard", "700", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "shards",
+                "digits",
+                str(tmp_path / "d"),
+                "--encoding",
+                "npy",
+                "--samples-per-shard",
+                "700",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "train 1258 in 2 shards" in capsys.readouterr().out
     assert main(["shards", "nowhere", str(tmp_path / "e")]) == 2
     assert "neither 'digits'" in capsys.readouterr().err
@@ -270,7 +311,12 @@ def test_lean_tar_reader_agrees_with_tarfile(tmp_path, fmt):
 
     from aef_hpc.data.tar import tar_members
 
-    members = {"a.png": b"x" * 5, "dir/b.cls": b"7", ("d" * 120) + "/" + ("n" * 60) + ".npy": bytes(range(256)) * 3, "empty.cls": b""}
+    members = {
+        "a.png": b"x" * 5,
+        "dir/b.cls": b"7",
+        ("d" * 120) + "/" + ("n" * 60) + ".npy": bytes(range(256)) * 3,
+        "empty.cls": b"",
+    }
     path = tmp_path / "t.tar"
     with tarfile.open(path, "w", format=getattr(tarfile, fmt)) as tar:
         for name, data in members.items():

@@ -85,7 +85,9 @@ def train_step_rate(shape, batch_size: int, steps: int) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def run(out: str = "bench/data.csv", images: int = 4096, batch_size: int = 128, workers=(0, 1, 2), train_steps: int = 5) -> list[dict]:
+def run(
+    out: str = "bench/data.csv", images: int = 4096, batch_size: int = 128, workers=(0, 1, 2), train_steps: int = 5
+) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -93,14 +95,23 @@ def run(out: str = "bench/data.csv", images: int = 4096, batch_size: int = 128, 
             array = bench_images(shape, images)
             np.save(tmp / f"{name}.npy", array)
             for encoding in ("png", "npy"):
-                write_shards(str(tmp / f"{name}.npy"), tmp / f"{name}-{encoding}", encoding=encoding,
-                             samples_per_shard=256, val_fraction=0.01, test_fraction=0.01, progress=False)
+                write_shards(
+                    str(tmp / f"{name}.npy"),
+                    tmp / f"{name}-{encoding}",
+                    encoding=encoding,
+                    samples_per_shard=256,
+                    val_fraction=0.01,
+                    test_fraction=0.01,
+                    progress=False,
+                )
             folder = tmp / f"{name}-files"
             folder.mkdir()
             files = []
             for i, image in enumerate(array):
                 files.append(folder / f"{i:06d}.png")
-                Image.fromarray(image[0] if shape[0] == 1 else image.transpose(1, 2, 0)).save(files[-1], compress_level=1)
+                Image.fromarray(image[0] if shape[0] == 1 else image.transpose(1, 2, 0)).save(
+                    files[-1], compress_level=1
+                )
             for w in workers:
                 for encoding in ("png", "npy"):
                     source = ShardSource(str(tmp / f"{name}-{encoding}"), num_workers=w, shuffle_buffer=1000)

@@ -22,7 +22,9 @@ def _cpu_name() -> str:
 def environment() -> dict[str, str]:
     try:
         here = Path(__file__).parent
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
         sha = sha.stdout.strip()
     except OSError:
         sha = ""

@@ -13,8 +13,16 @@ from .stream import Batch, ShardSource
 from .writer import write_shards
 
 
-def open_data(name: str, path: str | None, manifest: str | None, val_fraction: float, test_fraction: float,
-              seed: int, num_workers: int = 0, shuffle_buffer: int = 1000):
+def open_data(
+    name: str,
+    path: str | None,
+    manifest: str | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    num_workers: int = 0,
+    shuffle_buffer: int = 1000,
+):
     """``ShardSource`` for ``path`` (a shard folder or URL template), else the embedded dataset ``name``."""
     if path:
         return ShardSource(path, manifest, num_workers, shuffle_buffer, seed)

@@ -53,7 +53,9 @@ def decode_sample(sample: dict, image_shape: tuple[int, ...]) -> tuple[str, np.n
     ext = next((e for e in IMAGE_KEYS if e in sample), None)
     try:
         if ext is None:
-            raise ValueError(f"no image member (.png or .npy); members: {sorted(k for k in sample if not k.startswith('__'))}")
+            raise ValueError(
+                f"no image member (.png or .npy); members: {sorted(k for k in sample if not k.startswith('__'))}"
+            )
         image = decode_image(sample[ext], ext)
         if tuple(image.shape) != tuple(image_shape):
             raise ValueError(f"image of shape {list(image.shape)}, the manifest says {list(image_shape)}")

@@ -44,7 +44,9 @@ class Manifest:
 
     def shards(self, split: str) -> list[ShardInfo]:
         if split not in self.splits or not self.splits[split]:
-            raise DataError(f"the dataset has no {split!r} split (it has: {', '.join(k for k, v in self.splits.items() if v)})")
+            raise DataError(
+                f"the dataset has no {split!r} split (it has: {', '.join(k for k, v in self.splits.items() if v)})"
+            )
         return self.splits[split]
 
     def to_json(self) -> str:
@@ -79,4 +81,6 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, DataError):
                 raise
-            raise DataError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}): rewrite it with `aef-hpc shards`") from exc
+            raise DataError(
+                f"{path} is not a valid manifest ({type(exc).__name__}: {exc}): rewrite it with `aef-hpc shards`"
+            ) from exc

@@ -95,7 +95,9 @@ def npy_array(path: Path) -> Source:
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if array.ndim not in (3, 4):
         raise DataError(f"{path}: expected N×H×W, N×C×H×W or N×H×W×C, got shape {array.shape}")
-    return Source(str(path), [Item(i, (lambda i=i: _as_chw(np.asarray(array[i]), f"{path}[{i}]"))) for i in range(len(array))])
+    return Source(
+        str(path), [Item(i, (lambda i=i: _as_chw(np.asarray(array[i]), f"{path}[{i}]"))) for i in range(len(array))]
+    )
 
 
 def digits() -> Source:
@@ -111,11 +113,15 @@ def torchvision_dataset(spec: str) -> Source:
     try:
         _, name, root = spec.split(":", 2)
     except ValueError as exc:
-        raise DataError(f"{spec!r}: write torchvision datasets as torchvision:NAME:ROOT, e.g. torchvision:MNIST:/data") from exc
+        raise DataError(
+            f"{spec!r}: write torchvision datasets as torchvision:NAME:ROOT, e.g. torchvision:MNIST:/data"
+        ) from exc
     try:
         import torchvision.datasets as tvd
     except ImportError as exc:
-        raise DataError(f"{spec}: torchvision is not installed; install it or convert the files as an image folder") from exc
+        raise DataError(
+            f"{spec}: torchvision is not installed; install it or convert the files as an image folder"
+        ) from exc
     if not hasattr(tvd, name):
         raise DataError(f"{spec}: torchvision has no dataset {name!r}")
     items = []
@@ -127,7 +133,9 @@ def torchvision_dataset(spec: str) -> Source:
         targets = getattr(dataset, "targets", None)
         for i in range(len(dataset)):
             label = int(targets[i]) if targets is not None else 0
-            items.append(Item(len(items), (lambda d=dataset, i=i: _as_chw(np.asarray(d[i][0]), f"{spec}[{i}]")), label, split))
+            items.append(
+                Item(len(items), (lambda d=dataset, i=i: _as_chw(np.asarray(d[i][0]), f"{spec}[{i}]")), label, split)
+            )
     return Source(spec, items)
 
 

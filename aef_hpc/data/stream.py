@@ -74,7 +74,9 @@ class _SkipCounter:
 
     def __call__(self, exn: Exception) -> bool:
         self.count += 1
-        warnings.warn(f"skipping corrupt data ({type(exn).__name__}: {str(exn.args[0]) if exn.args else exn})", stacklevel=2)
+        warnings.warn(
+            f"skipping corrupt data ({type(exn).__name__}: {str(exn.args[0]) if exn.args else exn})", stacklevel=2
+        )
         return True
 
 
@@ -101,13 +103,17 @@ def _tar_samples(shards, handler):
 def _raise_named(exn: Exception) -> bool:
     if isinstance(exn, DataError):
         raise DataError(exn.args[0]) from exn
-    raise DataError(f"shard {_url_of(exn)} is unreadable ({type(exn).__name__}: {exn.args[0] if exn.args else exn})") from exn
+    raise DataError(
+        f"shard {_url_of(exn)} is unreadable ({type(exn).__name__}: {exn.args[0] if exn.args else exn})"
+    ) from exn
 
 
 class ShardReader(IterableDataset):
     """The per-worker pipeline: shard list -> tar samples (declared keys only) -> decode -> [shuffle] -> batch."""
 
-    def __init__(self, urls, counts, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1)):
+    def __init__(
+        self, urls, counts, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1)
+    ):
         super().__init__()
         self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
         self.counts = dict(zip(self.urls, counts, strict=True))
@@ -201,7 +207,14 @@ def _one_line(exc: Exception) -> str:
 class ShardSource:
     """A shard dataset described by ``manifest.json``; the data interface used by training and evaluation."""
 
-    def __init__(self, location: str, manifest: str | None = None, num_workers: int = 0, shuffle_buffer: int = 1000, seed: int = 0):
+    def __init__(
+        self,
+        location: str,
+        manifest: str | None = None,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+    ):
         self.location = str(location)
         if manifest is None:
             if "{shard}" in self.location:
@@ -224,8 +237,15 @@ class ShardSource:
     def _loader(self, split, batch_size, train, epoch=0, world=(0, 1)):
         counts = [s.count for s in self.manifest.shards(split)]
         reader = ShardReader(
-            shard_urls(self.location, self.manifest, split), counts, self.image_shape, batch_size, train,
-            self.seed, epoch, self.shuffle_buffer, world,
+            shard_urls(self.location, self.manifest, split),
+            counts,
+            self.image_shape,
+            batch_size,
+            train,
+            self.seed,
+            epoch,
+            self.shuffle_buffer,
+            world,
         )
         return DataLoader(reader, batch_size=None, num_workers=self.num_workers)
 
@@ -252,4 +272,6 @@ class ShardSource:
             dist.all_reduce(counts)
         short = [f"{s.name} ({int(c)} of {s.count})" for s, c in zip(shards, counts, strict=True) if c != s.count]
         if short:
-            raise DataError(f"{split} split: shards delivered a different number of samples than manifest.json says: {', '.join(short)}")
+            raise DataError(
+                f"{split} split: shards delivered other sample counts than manifest.json says: {', '.join(short)}"
+            )

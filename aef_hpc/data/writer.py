@@ -89,8 +89,13 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = None if shard_size_mb is None else shard_size_mb * 2**20
     shape, written = None, {}
-    bar = tqdm(total=len(source.items), desc=f"shards {Path(spec).name}", unit="img", disable=not progress,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    bar = tqdm(
+        total=len(source.items),
+        desc=f"shards {Path(spec).name}",
+        unit="img",
+        disable=not progress,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+    )
     for split, items in splits.items():
         written[split], shard, size = [], None, 0
         for item in items:
@@ -99,7 +104,10 @@ def write_shards(
             if shape is None:
                 shape = image.shape
             if image.shape != shape:
-                raise DataError(f"{spec}: image {item.index} has shape {list(image.shape)}, the first had {list(shape)}: pass --resolution")
+                raise DataError(
+                    f"{spec}: image {item.index} has shape {list(image.shape)}, the first had {list(shape)}: "
+                    "pass --resolution"
+                )
             if encoding == "png" and shape[0] not in (1, 3):
                 raise DataError(f"PNG holds 1 or 3 channels, the images have {shape[0]}: use --encoding npy")
             files = {encoding: encode_image(image, encoding), "cls": str(item.label).encode()}

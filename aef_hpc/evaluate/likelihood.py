@@ -8,7 +8,9 @@ from ..data import dequantize
 
 
 @torch.no_grad()
-def evaluate_batches(fn, batches: Iterable, levels: int, generator: torch.Generator, device) -> tuple[list, torch.Tensor]:
+def evaluate_batches(
+    fn, batches: Iterable, levels: int, generator: torch.Generator, device
+) -> tuple[list, torch.Tensor]:
     """``fn(x) -> [B]`` over dequantized ``(keys, images)`` batches; returns all keys and the ``[N]`` values."""
     keys, out = [], []
     for batch_keys, images in batches:
@@ -20,7 +22,9 @@ def evaluate_batches(fn, batches: Iterable, levels: int, generator: torch.Genera
 def negative_log_likelihood(model, batches, levels, num_samples, chunk_size, generator, device):
     """``(keys, -log p(x))`` per image in nats: exact for the partition family, importance-sampled otherwise."""
     model.eval()
-    return evaluate_batches(lambda x: -model.marginal_log_prob(x, num_samples, chunk_size, generator), batches, levels, generator, device)
+    return evaluate_batches(
+        lambda x: -model.marginal_log_prob(x, num_samples, chunk_size, generator), batches, levels, generator, device
+    )
 
 
 def mean_loss(model, batches, levels, generator, device) -> float:

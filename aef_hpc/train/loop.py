@@ -77,7 +77,9 @@ def train(cfg: Config, progress: bool = True) -> RunResult:
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     d = cfg.data
-    data = open_data(d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer)
+    data = open_data(
+        d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
+    )
     check_data_matches_model(data, cfg)
     model = model_from_config(cfg.model, data.image_shape).to(device)
     run_dir = fresh_run_dir(cfg.run.out_dir, cfg.run.name)
@@ -143,7 +145,9 @@ def evaluate_run(model, cfg: Config, data, run_dir: Path, device, losses, best_v
         )
     gen = torch.Generator().manual_seed(cfg.eval.seed)
     test = data.eval_batches("test", cfg.eval.batch_size)
-    keys, nll = negative_log_likelihood(model, test, data.levels, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device)
+    keys, nll = negative_log_likelihood(
+        model, test, data.levels, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device
+    )
     summary["test_nll"] = nll.mean().item()
     summary["test_bpd"] = bits_per_dim(summary["test_nll"], model.num_dims, data.levels)
     summary["levels"] = data.levels
