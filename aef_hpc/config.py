@@ -47,9 +47,10 @@ class DataConfig:
     name: str = "digits"
     """the embedded dataset: scikit-learn's 1,797 handwritten digits, 1x8x8, 17 levels (used when path is null)"""
     path: Optional[str] = None
-    """shards written by `aef-hpc shards`: a folder, or a URL template with {shard} (e.g. 'pipe:cat /data/{shard}')"""
+    """shards written by `aef-hpc shards`: a folder, a URL template with {shard} (e.g. 'pipe:cat /data/{shard}'),
+    or a brace pattern naming a subset (e.g. /data/train-{000000..000007}.tar)"""
     manifest: Optional[str] = None
-    """manifest.json of a URL template; a folder's own manifest.json by default"""
+    """manifest.json of remote shards; by default the one in the shards' folder"""
     num_workers: int = 0
     """data-loading worker processes per rank (shards)"""
     shuffle_buffer: int = 1000

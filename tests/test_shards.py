@@ -336,3 +336,18 @@ def test_lean_tar_reader_agrees_with_tarfile(tmp_path, fmt):
     garbage[10] ^= 0xFF
     with pytest.raises(DataError, match="corrupt tar header"):
         list(tar_members(io.BytesIO(bytes(garbage)), "t.tar", lambda n: True))
+
+
+def test_brace_pattern_selects_shards(tmp_path):
+    digits_shards(tmp_path, samples_per_shard=300)
+    source = ShardSource(f"{tmp_path}/train-{{000001..000002}}.tar")
+    assert source.count("train") == 600 and "test" not in source.manifest.splits
+    keys, _ = eval_all(source, "train")
+    assert len(set(keys)) == 600
+    assert len(list(source.train_epoch(0, 100))) == 6
+    with pytest.raises(DataError, match="none of the shards"):
+        ShardSource(f"{tmp_path}/nothing-{{1..2}}.tar")
+    source = ShardSource(f"pipe:cat {tmp_path}/val-{{000000..000000}}.tar", manifest=str(tmp_path / "manifest.json"))
+    assert len(eval_all(source, "val")[0]) == 180
+    with pytest.raises(DataError, match="give data.manifest"):
+        ShardSource("pipe:cat /x/val-{000000..000001}.tar")

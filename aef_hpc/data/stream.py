@@ -14,6 +14,7 @@ manifest's, and any decoding problem is an error naming the shard and key.
 
 import itertools
 import random
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import webdataset as wds
+from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, url_opener
 
@@ -49,12 +51,45 @@ def world_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def shard_urls(location: str, manifest: Manifest, split: str) -> list[str]:
-    """A local folder, or a URL template with ``{shard}`` (``pipe:`` commands, ``http://``, ... as webdataset opens)."""
-    names = [s.name for s in manifest.shards(split)]
+def _tar_name(url: str) -> str:
+    """The shard file name in a path, URL or ``pipe:`` command (its last ``*.tar``)."""
+    names = re.findall(r"[^/\s]+\.tar", url)
+    return names[-1] if names else url
+
+
+def _is_brace_pattern(location: str) -> bool:
+    return "{" in location and "{shard}" not in location
+
+
+def locate_shards(location: str, manifest_path: str | None) -> tuple[Manifest, dict[str, str]]:
+    """The manifest and a URL per shard name, for one of three forms of ``location``:
+
+    - a local folder holding the shards and ``manifest.json``;
+    - a URL template with ``{shard}`` (``pipe:`` commands, ``http://``, ... anything webdataset opens);
+    - a brace pattern (``/data/train-{000000..000003}.tar``): only the shards it names are used.
+    """
+    if _is_brace_pattern(location):
+        urls = list(braceexpand(location))
+        by_name = {_tar_name(u): u for u in urls}
+        if manifest_path is None:
+            if re.match(r"^[A-Za-z][\w+.-]*:", urls[0]):
+                raise DataError(f"data.path={location!r} names remote shards: give data.manifest as well")
+            manifest_path = str(Path(urls[0]).parent / "manifest.json")
+        manifest = Manifest.load(manifest_path)
+        kept = {k: [s for s in v if s.name in by_name] for k, v in manifest.splits.items()}
+        if not any(kept.values()):
+            raise DataError(f"none of the shards {location!r} names is listed in the manifest")
+        manifest.splits = {k: v for k, v in kept.items() if v}
+        return manifest, by_name
+    if manifest_path is None:
+        if "{shard}" in location:
+            raise DataError(f"data.path={location!r} is a URL template: give data.manifest as well")
+        manifest_path = str(Path(location) / "manifest.json")
+    manifest = Manifest.load(manifest_path)
+    names = [s.name for shards in manifest.splits.values() for s in shards]
     if "{shard}" in location:
-        return [location.replace("{shard}", n) for n in names]
-    return [str(Path(location) / n) for n in names]
+        return manifest, {n: location.replace("{shard}", n) for n in names}
+    return manifest, {n: str(Path(location) / n) for n in names}
 
 
 def _declared(fname: str) -> bool:
@@ -215,12 +250,7 @@ class ShardSource:
         shuffle_buffer: int = 1000,
         seed: int = 0,
     ):
-        self.location = str(location)
-        if manifest is None:
-            if "{shard}" in self.location:
-                raise DataError(f"data.path={self.location!r} is a URL template: give data.manifest as well")
-            manifest = str(Path(self.location) / "manifest.json")
-        self.manifest = Manifest.load(manifest)
+        self.manifest, self.url_of = locate_shards(str(location), manifest)
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
 
     @property
@@ -235,10 +265,10 @@ class ShardSource:
         return self.manifest.count(split)
 
     def _loader(self, split, batch_size, train, epoch=0, world=(0, 1)):
-        counts = [s.count for s in self.manifest.shards(split)]
+        shards = self.manifest.shards(split)
         reader = ShardReader(
-            shard_urls(self.location, self.manifest, split),
-            counts,
+            [self.url_of[s.name] for s in shards],
+            [s.count for s in shards],
             self.image_shape,
             batch_size,
             train,
