@@ -98,6 +98,8 @@ class RunConfig:
 
 @dataclass
 class Config:
+    kernels: str = "auto"
+    """fused affine-layer ops: auto (Triton on CUDA tensors, eager elsewhere) | triton | eager"""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -127,6 +129,8 @@ def _check(cfg: Config) -> None:
         section, name = key.split(".")
         if not getattr(getattr(cfg, section), name) > 0:
             raise ConfigError(f"{key}={getattr(getattr(cfg, section), name)} must be positive")
+    if cfg.kernels not in ("auto", "triton", "eager"):
+        raise ConfigError(f"kernels={cfg.kernels!r} is unknown: choose one of auto, triton, eager")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be 0 or more")
     if cfg.model.image_shape is not None and (len(cfg.model.image_shape) != 3 or min(cfg.model.image_shape) < 1):

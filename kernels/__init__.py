@@ -1,24 +1,32 @@
 """Fused ops of the AEF affine layers, installed as `aef_hpc.kernels` (floor 0).
 
-Each op lives in its own module holding the plain-PyTorch reference of its math; model code calls the
-functions exported here and never a kernel directly. Every op works per sample: inputs are `[B, ...]`,
-reductions are over all non-batch dims and return `[B]`, accumulated in float32 or wider.
+Each op lives in its own module holding the Triton forward and backward kernels, the autograd Function and the
+plain-PyTorch reference of the same math; model code calls the functions exported here and never a kernel.
+``set_kernels("auto" | "triton" | "eager")`` picks the implementation (``auto``: Triton on CUDA tensors).
+Every op works per sample: inputs are ``[B, ...]``, reductions are over all non-batch dims and return ``[B]``,
+accumulated in float32 (float64 for float64 inputs).
 """
 
 from .affine_coupling import affine_coupling, affine_coupling_inverse, bound_log_scale
 from .decoder_layer import decoder_layer, decoder_layer_inverse, softplus_inverse
+from .dispatch import MODES, get_kernels, set_kernels, triton_launches, use_kernels
 from .encoder_layer import encoder_layer, encoder_layer_inverse
 from .logit import logit_preprocess, logit_preprocess_inverse
 
 __all__ = [
+    "MODES",
     "affine_coupling",
     "affine_coupling_inverse",
     "bound_log_scale",
     "decoder_layer",
     "decoder_layer_inverse",
-    "softplus_inverse",
     "encoder_layer",
     "encoder_layer_inverse",
+    "get_kernels",
     "logit_preprocess",
     "logit_preprocess_inverse",
+    "set_kernels",
+    "softplus_inverse",
+    "triton_launches",
+    "use_kernels",
 ]

@@ -20,6 +20,7 @@ from ..config import Config, to_yaml
 from ..data import dequantize, open_data
 from ..errors import AEFError, ConfigError, DataError
 from ..evaluate import mean_loss, negative_log_likelihood, save_grid
+from ..kernels import use_kernels
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from .factory import model_from_config
@@ -74,6 +75,11 @@ def training_batches(data, batch_size: int):
 
 
 def train(cfg: Config, progress: bool = True) -> RunResult:
+    with use_kernels(cfg.kernels):
+        return _train(cfg, progress)
+
+
+def _train(cfg: Config, progress: bool) -> RunResult:
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     d = cfg.data

@@ -1,0 +1,95 @@
+"""Which implementation an op runs: ``auto`` (Triton for CUDA tensors, eager elsewhere), ``triton`` or ``eager``.
+
+``triton`` on CPU tensors runs Triton's interpreter, which needs ``TRITON_INTERPRET=1`` in the environment
+before ``triton`` is first imported (it is slow: tests only). ``triton_launches`` counts Triton launches per op,
+so tests can prove which path ran.
+"""
+
+import collections
+import contextlib
+import math
+import os
+
+import torch
+import triton.language as tl
+
+from aef_hpc.errors import ConfigError
+
+MODES = ("auto", "triton", "eager")
+_state = {"mode": "auto"}
+triton_launches: collections.Counter = collections.Counter()
+
+
+def set_kernels(mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"kernels={mode!r} is unknown: choose one of {', '.join(MODES)}")
+    _state["mode"] = mode
+
+
+def get_kernels() -> str:
+    return _state["mode"]
+
+
+@contextlib.contextmanager
+def use_kernels(mode: str):
+    previous = get_kernels()
+    set_kernels(mode)
+    try:
+        yield
+    finally:
+        set_kernels(previous)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def wants_triton(*tensors: torch.Tensor) -> bool:
+    mode = _state["mode"]
+    if mode == "eager":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if mode == "auto":
+        return on_cuda
+    if not on_cuda and not interpreting():
+        raise ConfigError(
+            "kernels=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before starting "
+            "(slow, for tests), or use kernels=auto"
+        )
+    return True
+
+
+def rows_of(t: torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
+    """A ``[rows, n]`` view of ``t`` and its row stride; a tensor broadcast over the batch (stride 0, or no
+    batch dim) is passed once with row stride 0 instead of being copied."""
+    if t.dim() >= 1 and t.shape[0] == rows and (t.stride(0) != 0 or rows == 1):
+        flat = t.reshape(rows, -1)
+        return (flat if flat.is_contiguous() else flat.contiguous()), flat.shape[1]
+    single = t[0] if t.dim() >= 1 and t.shape[0] == rows else t
+    return single.reshape(1, -1).contiguous(), 0
+
+
+def block_size(n: int, cap: int = 8192) -> int:
+    """A power-of-two block: the whole row up to ``cap`` (few loop iterations; also cheap when interpreted)."""
+    return max(16, min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
+
+
+def compute_dtype(dtype: torch.dtype):
+    """float64 computes in float64; float32, bf16 and fp16 in float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def flat_operands(rows: int, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[int], int]:
+    """``rows_of`` for each tensor; all must hold the same number of entries per row (no other broadcasting)."""
+    pairs = [rows_of(t, rows) for t in tensors]
+    widths = {p[0].shape[1] for p in pairs}
+    if len(widths) != 1:
+        raise ValueError(f"fused ops need operands of one per-row size, got shapes {[tuple(t.shape) for t in tensors]}")
+    return [p[0] for p in pairs], [p[1] for p in pairs], widths.pop()
+
+
+def grad_for(grad2d: torch.Tensor, shape) -> torch.Tensor:
+    """Reshape a ``[rows, n]`` gradient to an input's shape, summing over rows if the input was broadcast."""
+    if grad2d.numel() == math.prod(shape):
+        return grad2d.view(shape)
+    return grad2d.sum(0).view(shape)
