@@ -47,16 +47,39 @@ def _shards(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.what == "kernels":
+        from .kernels import bench as kernel_bench
+
+        out = args.out or "bench/kernels.csv"
+        smoke = dict(
+            sizes={"784": 784},
+            batch=4,
+            providers=("triton", "eager"),
+            warmup=1,
+            repeats=2,
+            copy_mb=8,
+            model=dict(batch=2, latent=8, warmup=0, repeats=1, image=(3, 8, 8)),
+        )
+        plot = out.replace(".csv", ".png")
+        rows = kernel_bench.run(out, plot, cpu_smoke=args.cpu_smoke, **(smoke if args.cpu_smoke else {}))
+        for r in rows:
+            print(
+                f"{r['op']:26s} {r['provider']:8s} {r['mode']:8s} {r['size']:10s} {r['ms']:>10.4f} ms"
+                f"  {r['gbps']:>8} GB/s  {r['frac_copy_bw']:>6} of copy  peak {r['peak_mb']} MB"
+            )
+        print(f"wrote {out} and {out.replace('.csv', '.png')}")
+        return 0
     from .bench import data
 
-    rows = data.run(args.out, images=args.images)
+    out = args.out or "bench/data.csv"
+    rows = data.run(out, images=args.images)
     width = max(len(r["loader"]) for r in rows)
     for r in rows:
         print(
             f"{r['shape']:8s} {r['loader']:{width}s} workers={r['workers']}  {r['images_per_s']:>10.1f} images/s"
             f"  first batch {r['first_batch_s']:.2f} s"
         )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -86,10 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
     bench.add_argument(
-        "what", choices=("data",), help="data: shard streaming vs one file per image, and training steps"
+        "what",
+        choices=("data", "kernels"),
+        help="data: shard streaming vs one file per image; kernels: fused ops vs eager vs torch.compile",
     )
-    bench.add_argument("--out", default="bench/data.csv", help="CSV file to write")
-    bench.add_argument("--images", type=int, default=4096, help="images per shape")
+    bench.add_argument("--out", help="CSV file to write (default bench/<what>.csv; kernels also writes a .png plot)")
+    bench.add_argument("--images", type=int, default=4096, help="data: images per shape")
+    bench.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="kernels: a tiny run on the CPU (interpreter) that checks the benchmark itself, not speed",
+    )
     bench.set_defaults(func=_bench, overrides=[])
     return parser
 

@@ -38,8 +38,22 @@ def _bounded(u, clamp, HAS_CLAMP: tl.constexpr):
 
 
 @triton.jit
-def _coupling_fwd(x_ptr, s_ptr, t_ptr, out_ptr, logdet_ptr, n, x_rs, s_rs, t_rs, clamp,
-                  HAS_CLAMP: tl.constexpr, INVERSE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _coupling_fwd(
+    x_ptr,
+    s_ptr,
+    t_ptr,
+    out_ptr,
+    logdet_ptr,
+    n,
+    x_rs,
+    s_rs,
+    t_rs,
+    clamp,
+    HAS_CLAMP: tl.constexpr,
+    INVERSE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for start in range(0, n, BLOCK):
@@ -62,8 +76,25 @@ def _coupling_fwd(x_ptr, s_ptr, t_ptr, out_ptr, logdet_ptr, n, x_rs, s_rs, t_rs,
 
 
 @triton.jit
-def _coupling_bwd(x_ptr, s_ptr, t_ptr, g_ptr, gld_ptr, gx_ptr, gs_ptr, gt_ptr, n, x_rs, s_rs, t_rs, clamp,
-                  HAS_CLAMP: tl.constexpr, INVERSE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _coupling_bwd(
+    x_ptr,
+    s_ptr,
+    t_ptr,
+    g_ptr,
+    gld_ptr,
+    gx_ptr,
+    gs_ptr,
+    gt_ptr,
+    n,
+    x_rs,
+    s_rs,
+    t_rs,
+    clamp,
+    HAS_CLAMP: tl.constexpr,
+    INVERSE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     g_ld = tl.load(gld_ptr + row).to(ACC)
     for start in range(0, n, BLOCK):

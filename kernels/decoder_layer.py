@@ -40,8 +40,24 @@ def _softplus(r):
 
 
 @triton.jit
-def _decoder_fwd(y_ptr, mu_ptr, r_ptr, m_ptr, dev_ptr, logp_ptr, n, y_rs, mu_rs, r_rs, m_rs, eps, half_log_2pi,
-                 HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _decoder_fwd(
+    y_ptr,
+    mu_ptr,
+    r_ptr,
+    m_ptr,
+    dev_ptr,
+    logp_ptr,
+    n,
+    y_rs,
+    mu_rs,
+    r_rs,
+    m_rs,
+    eps,
+    half_log_2pi,
+    HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for start in range(0, n, BLOCK):
@@ -63,8 +79,26 @@ def _decoder_fwd(y_ptr, mu_ptr, r_ptr, m_ptr, dev_ptr, logp_ptr, n, y_rs, mu_rs,
 
 
 @triton.jit
-def _decoder_bwd(y_ptr, mu_ptr, r_ptr, m_ptr, gdev_ptr, glogp_ptr, gy_ptr, gmu_ptr, gr_ptr, n,
-                 y_rs, mu_rs, r_rs, m_rs, eps, HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _decoder_bwd(
+    y_ptr,
+    mu_ptr,
+    r_ptr,
+    m_ptr,
+    gdev_ptr,
+    glogp_ptr,
+    gy_ptr,
+    gmu_ptr,
+    gr_ptr,
+    n,
+    y_rs,
+    mu_rs,
+    r_rs,
+    m_rs,
+    eps,
+    HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     g_logp = tl.load(glogp_ptr + row).to(ACC)
     for start in range(0, n, BLOCK):

@@ -23,8 +23,21 @@ def encoder_layer_reference(mu, sigma, v, eps: float, inverse: bool = False):
 
 
 @triton.jit
-def _encoder_fwd(mu_ptr, sig_ptr, v_ptr, out_ptr, ld_ptr, n, mu_rs, sig_rs, v_rs, eps,
-                 INVERSE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _encoder_fwd(
+    mu_ptr,
+    sig_ptr,
+    v_ptr,
+    out_ptr,
+    ld_ptr,
+    n,
+    mu_rs,
+    sig_rs,
+    v_rs,
+    eps,
+    INVERSE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for start in range(0, n, BLOCK):
@@ -46,8 +59,24 @@ def _encoder_fwd(mu_ptr, sig_ptr, v_ptr, out_ptr, ld_ptr, n, mu_rs, sig_rs, v_rs
 
 
 @triton.jit
-def _encoder_bwd(mu_ptr, sig_ptr, v_ptr, g_ptr, gld_ptr, gmu_ptr, gsig_ptr, gv_ptr, n, mu_rs, sig_rs, v_rs, eps,
-                 INVERSE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _encoder_bwd(
+    mu_ptr,
+    sig_ptr,
+    v_ptr,
+    g_ptr,
+    gld_ptr,
+    gmu_ptr,
+    gsig_ptr,
+    gv_ptr,
+    n,
+    mu_rs,
+    sig_rs,
+    v_rs,
+    eps,
+    INVERSE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     g_ld = tl.load(gld_ptr + row).to(ACC)
     for start in range(0, n, BLOCK):

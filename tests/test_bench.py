@@ -13,3 +13,34 @@ def test_bench_data_writes_csv(tmp_path, float32_default):
     for shape in ("1x28x28", "3x64x64"):
         assert {(shape, "webdataset-png"), (shape, "webdataset-npy"), (shape, "png-files")} <= loaders
     assert all(float(r["images_per_s"]) > 0 and r["torch"] and r["date"] for r in rows)
+
+
+def test_bench_kernels_cpu_smoke(tmp_path, float32_default):
+    """The kernel benchmark's code path (interpreter timings are meaningless; a GPU gives the real numbers)."""
+    from aef_hpc.kernels import bench
+
+    out = tmp_path / "kernels.csv"
+    bench.run(
+        str(out),
+        str(tmp_path / "kernels.png"),
+        cpu_smoke=True,
+        sizes={"7": 7},
+        batch=3,
+        providers=("triton", "eager"),
+        warmup=0,
+        repeats=1,
+        copy_mb=1,
+        model=dict(batch=2, latent=4, warmup=0, repeats=1, image=(3, 8, 8)),
+    )
+    rows = list(csv.DictReader(open(out)))
+    assert {r["op"] for r in rows} == {
+        "affine_coupling",
+        "decoder_layer",
+        "encoder_layer",
+        "logit",
+        "train_step_aef_linear_big",
+    }
+    assert {(r["provider"], r["mode"]) for r in rows if r["op"] == "logit"} == {
+        (p, m) for p in ("triton", "eager") for m in ("forward", "backward", "full")
+    }
+    assert (tmp_path / "kernels.png").stat().st_size > 0

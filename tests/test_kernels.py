@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import triton
-
-from aef_hpc import kernels
 from aef_hpc.kernels import triton_launches, use_kernels
 from aef_hpc.kernels.affine_coupling import _coupling_fwd, affine_coupling_reference
 from aef_hpc.kernels.decoder_layer import decoder_layer_reference
 from aef_hpc.kernels.encoder_layer import encoder_layer_reference
 from aef_hpc.kernels.logit import logit_preprocess_reference
+
+from aef_hpc import kernels
 
 ROWS = [1, 3, 64]
 COLS = [1, 7, 127, 1000, 4099]
@@ -63,7 +63,16 @@ def _reference(name, args, mask=None):
     }[name]()
 
 
-OPS = ["coupling", "coupling-inverse", "coupling-unbounded", "decoder", "decoder-masked", "encoder", "encoder-inverse", "logit"]
+OPS = [
+    "coupling",
+    "coupling-inverse",
+    "coupling-unbounded",
+    "decoder",
+    "decoder-masked",
+    "encoder",
+    "encoder-inverse",
+    "logit",
+]
 
 
 def _run(name, args, mask, grad_out, grad_logdet, impl):
