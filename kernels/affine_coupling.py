@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import block_size, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
+from .dispatch import launch_grid, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
 
 
 def bound_log_scale(s_raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
@@ -55,24 +55,22 @@ def _coupling_fwd(
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        m = cols < n
-        x = tl.load(x_ptr + row * x_rs + cols, mask=m, other=0.0).to(ACC)
-        u = tl.load(s_ptr + row * s_rs + cols, mask=m, other=0.0).to(ACC)
-        t = tl.load(t_ptr + row * t_rs + cols, mask=m, other=0.0).to(ACC)
-        s = _bounded(u, clamp, HAS_CLAMP)
-        if INVERSE:
-            out = (x - t) * tl.exp(-s)
-        else:
-            out = x * tl.exp(s) + t
-        tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=m)
-        acc += tl.where(m, s, 0.0)
-    total = tl.sum(acc, axis=0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < n
+    x = tl.load(x_ptr + row * x_rs + cols, mask=m, other=0.0).to(ACC)
+    u = tl.load(s_ptr + row * s_rs + cols, mask=m, other=0.0).to(ACC)
+    t = tl.load(t_ptr + row * t_rs + cols, mask=m, other=0.0).to(ACC)
+    s = _bounded(u, clamp, HAS_CLAMP)
+    if INVERSE:
+        out = (x - t) * tl.exp(-s)
+    else:
+        out = x * tl.exp(s) + t
+    tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=m)
+    terms = tl.where(m, s, 0.0)
+    total = tl.sum(terms, axis=0)
     if INVERSE:
         total = -total
-    tl.store(logdet_ptr + row, total)
+    tl.store(logdet_ptr + row * tl.num_programs(1) + tl.program_id(1), total)
 
 
 @triton.jit
@@ -97,30 +95,29 @@ def _coupling_bwd(
 ):
     row = tl.program_id(0).to(tl.int64)
     g_ld = tl.load(gld_ptr + row).to(ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        m = cols < n
-        x = tl.load(x_ptr + row * x_rs + cols, mask=m, other=0.0).to(ACC)
-        u = tl.load(s_ptr + row * s_rs + cols, mask=m, other=0.0).to(ACC)
-        t = tl.load(t_ptr + row * t_rs + cols, mask=m, other=0.0).to(ACC)
-        g = tl.load(g_ptr + row * n + cols, mask=m, other=0.0).to(ACC)
-        s = _bounded(u, clamp, HAS_CLAMP)
-        if INVERSE:
-            scale = tl.exp(-s)
-            gx = g * scale
-            gs = -g * (x - t) * scale - g_ld
-            gt = -gx
-        else:
-            scale = tl.exp(s)
-            gx = g * scale
-            gs = g * x * scale + g_ld
-            gt = g
-        if HAS_CLAMP:
-            ratio = s / clamp
-            gs = gs * (1.0 - ratio * ratio)
-        tl.store(gx_ptr + row * n + cols, gx.to(gx_ptr.dtype.element_ty), mask=m)
-        tl.store(gs_ptr + row * n + cols, gs.to(gs_ptr.dtype.element_ty), mask=m)
-        tl.store(gt_ptr + row * n + cols, gt.to(gt_ptr.dtype.element_ty), mask=m)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < n
+    x = tl.load(x_ptr + row * x_rs + cols, mask=m, other=0.0).to(ACC)
+    u = tl.load(s_ptr + row * s_rs + cols, mask=m, other=0.0).to(ACC)
+    t = tl.load(t_ptr + row * t_rs + cols, mask=m, other=0.0).to(ACC)
+    g = tl.load(g_ptr + row * n + cols, mask=m, other=0.0).to(ACC)
+    s = _bounded(u, clamp, HAS_CLAMP)
+    if INVERSE:
+        scale = tl.exp(-s)
+        gx = g * scale
+        gs = -g * (x - t) * scale - g_ld
+        gt = -gx
+    else:
+        scale = tl.exp(s)
+        gx = g * scale
+        gs = g * x * scale + g_ld
+        gt = g
+    if HAS_CLAMP:
+        ratio = s / clamp
+        gs = gs * (1.0 - ratio * ratio)
+    tl.store(gx_ptr + row * n + cols, gx.to(gx_ptr.dtype.element_ty), mask=m)
+    tl.store(gs_ptr + row * n + cols, gs.to(gs_ptr.dtype.element_ty), mask=m)
+    tl.store(gt_ptr + row * n + cols, gt.to(gt_ptr.dtype.element_ty), mask=m)
 
 
 class AffineCouplingFunction(torch.autograd.Function):
@@ -129,13 +126,15 @@ class AffineCouplingFunction(torch.autograd.Function):
         rows = x.shape[0]
         (x2, s2, t2), (x_rs, s_rs, t_rs), n = flat_operands(rows, x, s_raw, t)
         out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
-        logdet = torch.empty(rows, dtype=acc_dtype(x), device=x.device)
-        meta = dict(HAS_CLAMP=clamp is not None, INVERSE=inverse, ACC=compute_dtype(x.dtype), BLOCK=block_size(n))
-        _coupling_fwd[(rows,)](x2, s2, t2, out, logdet, n, x_rs, s_rs, t_rs, clamp or 1.0, **meta)
+        grid, block = launch_grid(rows, n)
+        partial = torch.empty(grid, dtype=acc_dtype(x), device=x.device)
+        meta = dict(HAS_CLAMP=clamp is not None, INVERSE=inverse, ACC=compute_dtype(x.dtype), BLOCK=block)
+        _coupling_fwd[grid](x2, s2, t2, out, partial, n, x_rs, s_rs, t_rs, clamp or 1.0, **meta)
         triton_launches["affine_coupling"] += 1
         ctx.save_for_backward(x2, s2, t2)
         ctx.strides, ctx.meta, ctx.clamp, ctx.shapes = (x_rs, s_rs, t_rs), meta, clamp, (x.shape, s_raw.shape, t.shape)
-        return out.view(torch.broadcast_shapes(x.shape, s_raw.shape, t.shape)), logdet
+        ctx.grid = grid
+        return out.view(torch.broadcast_shapes(x.shape, s_raw.shape, t.shape)), partial.sum(1)
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
@@ -144,7 +143,7 @@ class AffineCouplingFunction(torch.autograd.Function):
         g2 = g_out.reshape(rows, n).contiguous()
         g_ld = g_logdet.contiguous()
         gx, gs, gt = (torch.empty((rows, n), dtype=g_out.dtype, device=g_out.device) for _ in range(3))
-        _coupling_bwd[(rows,)](x2, s2, t2, g2, g_ld, gx, gs, gt, n, *ctx.strides, ctx.clamp or 1.0, **ctx.meta)
+        _coupling_bwd[ctx.grid](x2, s2, t2, g2, g_ld, gx, gs, gt, n, *ctx.strides, ctx.clamp or 1.0, **ctx.meta)
         triton_launches["affine_coupling_backward"] += 1
         x_shape, s_shape, t_shape = ctx.shapes
         return grad_for(gx, x_shape), grad_for(gs, s_shape), grad_for(gt, t_shape), None, None

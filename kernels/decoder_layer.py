@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import block_size, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
+from .dispatch import launch_grid, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -59,23 +59,21 @@ def _decoder_fwd(
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        inside = cols < n
-        y = tl.load(y_ptr + row * y_rs + cols, mask=inside, other=0.0).to(ACC)
-        mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
-        r = tl.load(r_ptr + row * r_rs + cols, mask=inside, other=0.0).to(ACC)
-        a = _softplus(r) + eps
-        dev = (y - mu) / a
-        term = -0.5 * dev * dev - half_log_2pi - tl.log(a)
-        if HAS_MASK:
-            w = tl.load(m_ptr + row * m_rs + cols, mask=inside, other=0.0).to(ACC)
-            dev = dev * w
-            term = term * w
-        tl.store(dev_ptr + row * n + cols, dev.to(dev_ptr.dtype.element_ty), mask=inside)
-        acc += tl.where(inside, term, 0.0)
-    tl.store(logp_ptr + row, tl.sum(acc, axis=0))
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    y = tl.load(y_ptr + row * y_rs + cols, mask=inside, other=0.0).to(ACC)
+    mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
+    r = tl.load(r_ptr + row * r_rs + cols, mask=inside, other=0.0).to(ACC)
+    a = _softplus(r) + eps
+    dev = (y - mu) / a
+    term = -0.5 * dev * dev - half_log_2pi - tl.log(a)
+    if HAS_MASK:
+        w = tl.load(m_ptr + row * m_rs + cols, mask=inside, other=0.0).to(ACC)
+        dev = dev * w
+        term = term * w
+    tl.store(dev_ptr + row * n + cols, dev.to(dev_ptr.dtype.element_ty), mask=inside)
+    terms = tl.where(inside, term, 0.0)
+    tl.store(logp_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.sum(terms, axis=0))
 
 
 @triton.jit
@@ -101,24 +99,23 @@ def _decoder_bwd(
 ):
     row = tl.program_id(0).to(tl.int64)
     g_logp = tl.load(glogp_ptr + row).to(ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        inside = cols < n
-        y = tl.load(y_ptr + row * y_rs + cols, mask=inside, other=0.0).to(ACC)
-        mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
-        r = tl.load(r_ptr + row * r_rs + cols, mask=inside, other=0.0).to(ACC)
-        g_dev = tl.load(gdev_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
-        a = _softplus(r) + eps
-        dev = (y - mu) / a
-        gy = (g_dev - g_logp * dev) / a
-        gr = tl.sigmoid(r) * (g_logp * (dev * dev - 1.0) - g_dev * dev) / a
-        if HAS_MASK:
-            w = tl.load(m_ptr + row * m_rs + cols, mask=inside, other=0.0).to(ACC)
-            gy = gy * w
-            gr = gr * w
-        tl.store(gy_ptr + row * n + cols, gy.to(gy_ptr.dtype.element_ty), mask=inside)
-        tl.store(gmu_ptr + row * n + cols, (-gy).to(gmu_ptr.dtype.element_ty), mask=inside)
-        tl.store(gr_ptr + row * n + cols, gr.to(gr_ptr.dtype.element_ty), mask=inside)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    y = tl.load(y_ptr + row * y_rs + cols, mask=inside, other=0.0).to(ACC)
+    mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
+    r = tl.load(r_ptr + row * r_rs + cols, mask=inside, other=0.0).to(ACC)
+    g_dev = tl.load(gdev_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
+    a = _softplus(r) + eps
+    dev = (y - mu) / a
+    gy = (g_dev - g_logp * dev) / a
+    gr = tl.sigmoid(r) * (g_logp * (dev * dev - 1.0) - g_dev * dev) / a
+    if HAS_MASK:
+        w = tl.load(m_ptr + row * m_rs + cols, mask=inside, other=0.0).to(ACC)
+        gy = gy * w
+        gr = gr * w
+    tl.store(gy_ptr + row * n + cols, gy.to(gy_ptr.dtype.element_ty), mask=inside)
+    tl.store(gmu_ptr + row * n + cols, (-gy).to(gmu_ptr.dtype.element_ty), mask=inside)
+    tl.store(gr_ptr + row * n + cols, gr.to(gr_ptr.dtype.element_ty), mask=inside)
 
 
 class DecoderLayerFunction(torch.autograd.Function):
@@ -130,13 +127,14 @@ class DecoderLayerFunction(torch.autograd.Function):
         if mask is None:
             flat, strides = [*flat, flat[0]], [*strides, 0]
         deviation = torch.empty((rows, n), dtype=y.dtype, device=y.device)
-        logp = torch.empty(rows, dtype=acc_dtype(y), device=y.device)
-        meta = dict(HAS_MASK=mask is not None, ACC=compute_dtype(y.dtype), BLOCK=block_size(n))
-        _decoder_fwd[(rows,)](*flat, deviation, logp, n, *strides, eps, _HALF_LOG_2PI, **meta)
+        grid, block = launch_grid(rows, n)
+        partial = torch.empty(grid, dtype=acc_dtype(y), device=y.device)
+        meta = dict(HAS_MASK=mask is not None, ACC=compute_dtype(y.dtype), BLOCK=block)
+        _decoder_fwd[grid](*flat, deviation, partial, n, *strides, eps, _HALF_LOG_2PI, **meta)
         triton_launches["decoder_layer"] += 1
         ctx.save_for_backward(*flat)
-        ctx.strides, ctx.meta, ctx.eps, ctx.shapes = strides, meta, eps, (y.shape, mu.shape, r.shape)
-        return deviation.view(y.shape), logp
+        ctx.strides, ctx.meta, ctx.eps, ctx.shapes, ctx.grid = strides, meta, eps, (y.shape, mu.shape, r.shape), grid
+        return deviation.view(y.shape), partial.sum(1)
 
     @staticmethod
     def backward(ctx, g_dev, g_logp):
@@ -144,7 +142,7 @@ class DecoderLayerFunction(torch.autograd.Function):
         rows, n = g_dev.shape[0], flat[0].shape[1]
         grads = [torch.empty((rows, n), dtype=g_dev.dtype, device=g_dev.device) for _ in range(3)]
         g2 = g_dev.reshape(rows, n).contiguous()
-        _decoder_bwd[(rows,)](*flat, g2, g_logp.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
+        _decoder_bwd[ctx.grid](*flat, g2, g_logp.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
         triton_launches["decoder_layer_backward"] += 1
         return (*(grad_for(g, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
 

@@ -16,6 +16,8 @@ import triton.language as tl
 from aef_hpc.errors import ConfigError
 
 MODES = ("auto", "triton", "eager")
+#: widest chunk one program handles: GPUs want many programs, the interpreter few
+BLOCK_CAP = {"gpu": 1024, "interpreter": 8192}
 _state = {"mode": "auto"}
 triton_launches: collections.Counter = collections.Counter()
 
@@ -69,9 +71,16 @@ def rows_of(t: torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
     return single.reshape(1, -1).contiguous(), 0
 
 
-def block_size(n: int, cap: int = 8192) -> int:
-    """A power-of-two block: the whole row up to ``cap`` (few loop iterations; also cheap when interpreted)."""
-    return max(16, min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
+def launch_grid(rows: int, n: int) -> tuple[tuple[int, int], int]:
+    """``((rows, chunks), BLOCK)``: one program per row and BLOCK-wide chunk of it.
+
+    On a GPU, 1,024-wide chunks give thousands of programs (e.g. 256 × 12 for 3·64·64), enough to fill the SMs;
+    row sums are written per chunk and added afterwards. The interpreter pays ~2 ms per program, so it takes
+    chunks up to 8,192 wide (one per row in the tests).
+    """
+    cap = BLOCK_CAP["interpreter" if interpreting() else "gpu"]
+    block = max(16, min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
+    return (rows, -(-n // block)), block
 
 
 def compute_dtype(dtype: torch.dtype):

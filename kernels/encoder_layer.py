@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import block_size, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
+from .dispatch import launch_grid, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
 
 
 def encoder_layer_reference(mu, sigma, v, eps: float, inverse: bool = False):
@@ -39,23 +39,21 @@ def _encoder_fwd(
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        inside = cols < n
-        mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
-        a = tl.load(sig_ptr + row * sig_rs + cols, mask=inside, other=1.0).to(ACC) + eps
-        v = tl.load(v_ptr + row * v_rs + cols, mask=inside, other=0.0).to(ACC)
-        if INVERSE:
-            out = (v - mu) / a
-        else:
-            out = mu + a * v
-        tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
-        acc += tl.where(inside, tl.log(a), 0.0)
-    total = tl.sum(acc, axis=0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
+    a = tl.load(sig_ptr + row * sig_rs + cols, mask=inside, other=1.0).to(ACC) + eps
+    v = tl.load(v_ptr + row * v_rs + cols, mask=inside, other=0.0).to(ACC)
+    if INVERSE:
+        out = (v - mu) / a
+    else:
+        out = mu + a * v
+    tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
+    terms = tl.where(inside, tl.log(a), 0.0)
+    total = tl.sum(terms, axis=0)
     if INVERSE:
         total = -total
-    tl.store(ld_ptr + row, total)
+    tl.store(ld_ptr + row * tl.num_programs(1) + tl.program_id(1), total)
 
 
 @triton.jit
@@ -79,25 +77,24 @@ def _encoder_bwd(
 ):
     row = tl.program_id(0).to(tl.int64)
     g_ld = tl.load(gld_ptr + row).to(ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        inside = cols < n
-        mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
-        a = tl.load(sig_ptr + row * sig_rs + cols, mask=inside, other=1.0).to(ACC) + eps
-        v = tl.load(v_ptr + row * v_rs + cols, mask=inside, other=0.0).to(ACC)
-        g = tl.load(g_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
-        if INVERSE:
-            c = (v - mu) / a
-            gv = g / a
-            gmu = -gv
-            gsig = -(g * c + g_ld) / a
-        else:
-            gmu = g
-            gsig = g * v + g_ld / a
-            gv = g * a
-        tl.store(gmu_ptr + row * n + cols, gmu.to(gmu_ptr.dtype.element_ty), mask=inside)
-        tl.store(gsig_ptr + row * n + cols, gsig.to(gsig_ptr.dtype.element_ty), mask=inside)
-        tl.store(gv_ptr + row * n + cols, gv.to(gv_ptr.dtype.element_ty), mask=inside)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
+    a = tl.load(sig_ptr + row * sig_rs + cols, mask=inside, other=1.0).to(ACC) + eps
+    v = tl.load(v_ptr + row * v_rs + cols, mask=inside, other=0.0).to(ACC)
+    g = tl.load(g_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
+    if INVERSE:
+        c = (v - mu) / a
+        gv = g / a
+        gmu = -gv
+        gsig = -(g * c + g_ld) / a
+    else:
+        gmu = g
+        gsig = g * v + g_ld / a
+        gv = g * a
+    tl.store(gmu_ptr + row * n + cols, gmu.to(gmu_ptr.dtype.element_ty), mask=inside)
+    tl.store(gsig_ptr + row * n + cols, gsig.to(gsig_ptr.dtype.element_ty), mask=inside)
+    tl.store(gv_ptr + row * n + cols, gv.to(gv_ptr.dtype.element_ty), mask=inside)
 
 
 class EncoderLayerFunction(torch.autograd.Function):
@@ -106,13 +103,20 @@ class EncoderLayerFunction(torch.autograd.Function):
         rows = v.shape[0]
         flat, strides, n = flat_operands(rows, mu, sigma, v)
         out = torch.empty((rows, n), dtype=v.dtype, device=v.device)
-        logdet = torch.empty(rows, dtype=acc_dtype(v), device=v.device)
-        meta = dict(INVERSE=inverse, ACC=compute_dtype(v.dtype), BLOCK=block_size(n))
-        _encoder_fwd[(rows,)](*flat, out, logdet, n, *strides, eps, **meta)
+        grid, block = launch_grid(rows, n)
+        partial = torch.empty(grid, dtype=acc_dtype(v), device=v.device)
+        meta = dict(INVERSE=inverse, ACC=compute_dtype(v.dtype), BLOCK=block)
+        _encoder_fwd[grid](*flat, out, partial, n, *strides, eps, **meta)
         triton_launches["encoder_layer"] += 1
         ctx.save_for_backward(*flat)
-        ctx.strides, ctx.meta, ctx.eps, ctx.shapes = strides, meta, eps, (mu.shape, sigma.shape, v.shape)
-        return out.view(v.shape), logdet
+        ctx.strides, ctx.meta, ctx.eps, ctx.shapes, ctx.grid = (
+            strides,
+            meta,
+            eps,
+            (mu.shape, sigma.shape, v.shape),
+            grid,
+        )
+        return out.view(v.shape), partial.sum(1)
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
@@ -120,7 +124,7 @@ class EncoderLayerFunction(torch.autograd.Function):
         rows, n = g_out.shape[0], flat[0].shape[1]
         grads = [torch.empty((rows, n), dtype=g_out.dtype, device=g_out.device) for _ in range(3)]
         g2 = g_out.reshape(rows, n).contiguous()
-        _encoder_bwd[(rows,)](*flat, g2, g_logdet.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
+        _encoder_bwd[ctx.grid](*flat, g2, g_logdet.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
         triton_launches["encoder_layer_backward"] += 1
         return (*(grad_for(g, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
 

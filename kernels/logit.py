@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import block_size, compute_dtype, flat_operands, triton_launches, wants_triton
+from .dispatch import launch_grid, compute_dtype, flat_operands, triton_launches, wants_triton
 
 CLAMP = 1e-6
 
@@ -29,36 +29,33 @@ def logit_preprocess_reference(x, alpha: float):
 
 
 @triton.jit
-def _logit_fwd(x_ptr, u_ptr, ld_ptr, n, alpha, lo, hi, per_row, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _logit_fwd(x_ptr, u_ptr, ld_ptr, n, alpha, lo, hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        inside = cols < n
-        x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.5).to(ACC)
-        s = alpha + (1.0 - 2.0 * alpha) * x
-        s = tl.minimum(tl.maximum(s, lo), hi)
-        log_s = tl.log(s)
-        log_1ms = tl.log(1.0 - s)
-        tl.store(u_ptr + row * n + cols, (log_s - log_1ms).to(u_ptr.dtype.element_ty), mask=inside)
-        acc += tl.where(inside, -log_s - log_1ms, 0.0)
-    tl.store(ld_ptr + row, tl.sum(acc, axis=0) + per_row)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.5).to(ACC)
+    s = alpha + (1.0 - 2.0 * alpha) * x
+    s = tl.minimum(tl.maximum(s, lo), hi)
+    log_s = tl.log(s)
+    log_1ms = tl.log(1.0 - s)
+    tl.store(u_ptr + row * n + cols, (log_s - log_1ms).to(u_ptr.dtype.element_ty), mask=inside)
+    terms = tl.where(inside, -log_s - log_1ms, 0.0)
+    tl.store(ld_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.sum(terms, axis=0))
 
 
 @triton.jit
 def _logit_bwd(x_ptr, gu_ptr, gld_ptr, gx_ptr, n, alpha, lo, hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     g_ld = tl.load(gld_ptr + row).to(ACC)
-    for start in range(0, n, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        inside = cols < n
-        x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.5).to(ACC)
-        g_u = tl.load(gu_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
-        s_raw = alpha + (1.0 - 2.0 * alpha) * x
-        s = tl.minimum(tl.maximum(s_raw, lo), hi)
-        gx = (1.0 - 2.0 * alpha) * (g_u + g_ld * (2.0 * s - 1.0)) / (s * (1.0 - s))
-        gx = tl.where((s_raw >= lo) & (s_raw <= hi), gx, 0.0)
-        tl.store(gx_ptr + row * n + cols, gx.to(gx_ptr.dtype.element_ty), mask=inside)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.5).to(ACC)
+    g_u = tl.load(gu_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
+    s_raw = alpha + (1.0 - 2.0 * alpha) * x
+    s = tl.minimum(tl.maximum(s_raw, lo), hi)
+    gx = (1.0 - 2.0 * alpha) * (g_u + g_ld * (2.0 * s - 1.0)) / (s * (1.0 - s))
+    gx = tl.where((s_raw >= lo) & (s_raw <= hi), gx, 0.0)
+    tl.store(gx_ptr + row * n + cols, gx.to(gx_ptr.dtype.element_ty), mask=inside)
 
 
 class LogitFunction(torch.autograd.Function):
@@ -67,13 +64,14 @@ class LogitFunction(torch.autograd.Function):
         rows = x.shape[0]
         (x2,), _, n = flat_operands(rows, x)
         u = torch.empty((rows, n), dtype=x.dtype, device=x.device)
-        logdet = torch.empty(rows, dtype=acc_dtype(x), device=x.device)
-        meta = dict(ACC=compute_dtype(x.dtype), BLOCK=block_size(n))
-        _logit_fwd[(rows,)](x2, u, logdet, n, alpha, CLAMP, 1 - CLAMP, n * math.log(1 - 2 * alpha), **meta)
+        grid, block = launch_grid(rows, n)
+        partial = torch.empty(grid, dtype=acc_dtype(x), device=x.device)
+        meta = dict(ACC=compute_dtype(x.dtype), BLOCK=block)
+        _logit_fwd[grid](x2, u, partial, n, alpha, CLAMP, 1 - CLAMP, **meta)
         triton_launches["logit"] += 1
         ctx.save_for_backward(x2)
-        ctx.alpha, ctx.meta, ctx.shape = alpha, meta, x.shape
-        return u.view(x.shape), logdet
+        ctx.alpha, ctx.meta, ctx.shape, ctx.grid = alpha, meta, x.shape, grid
+        return u.view(x.shape), partial.sum(1) + n * math.log(1 - 2 * alpha)
 
     @staticmethod
     def backward(ctx, g_u, g_logdet):
@@ -81,7 +79,7 @@ class LogitFunction(torch.autograd.Function):
         rows, n = x2.shape
         gx = torch.empty_like(x2, dtype=g_u.dtype)
         g2 = g_u.reshape(rows, n).contiguous()
-        _logit_bwd[(rows,)](x2, g2, g_logdet.contiguous(), gx, n, ctx.alpha, CLAMP, 1 - CLAMP, **ctx.meta)
+        _logit_bwd[ctx.grid](x2, g2, g_logdet.contiguous(), gx, n, ctx.alpha, CLAMP, 1 - CLAMP, **ctx.meta)
         triton_launches["logit_backward"] += 1
         return gx.view(ctx.shape), None
 

@@ -190,3 +190,13 @@ def test_training_with_triton_matches_eager(name, device, float32_default):
         assert (sum(triton_launches.values()) > before) == (impl == "triton")
     torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["eager"]), rtol=1e-4, atol=1e-3)
     assert losses["eager"][-1] != losses["eager"][0]
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_rows_split_into_many_chunks(name, device, monkeypatch):
+    """The GPU launch (many chunks per row, partial sums added afterwards), forced with small chunks."""
+    from aef_hpc.kernels import dispatch
+
+    monkeypatch.setitem(dispatch.BLOCK_CAP, "interpreter", 64)
+    monkeypatch.setitem(dispatch.BLOCK_CAP, "gpu", 64)
+    test_op_matches_float64_reference(name, 3, 1000, torch.float32, device)
