@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import launch_grid, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
 
 
 def bound_log_scale(s_raw: torch.Tensor, clamp: float | None) -> torch.Tensor:

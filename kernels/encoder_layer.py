@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import launch_grid, compute_dtype, flat_operands, grad_for, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
 
 
 def encoder_layer_reference(mu, sigma, v, eps: float, inverse: bool = False):

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import launch_grid, compute_dtype, flat_operands, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, launch_grid, triton_launches, wants_triton
 
 CLAMP = 1e-6
 
