@@ -89,12 +89,14 @@ def compute_dtype(dtype: torch.dtype):
 
 
 def flat_operands(rows: int, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[int], int]:
-    """``rows_of`` for each tensor; all must hold the same number of entries per row (no other broadcasting)."""
-    pairs = [rows_of(t, rows) for t in tensors]
-    widths = {p[0].shape[1] for p in pairs}
-    if len(widths) != 1:
-        raise ValueError(f"fused ops need operands of one per-row size, got shapes {[tuple(t.shape) for t in tensors]}")
-    return [p[0] for p in pairs], [p[1] for p in pairs], widths.pop()
+    """``rows_of`` for each tensor after broadcasting them to one shape (e.g. a ``[C, H, W]`` mask over the batch).
+
+    Raises ``ValueError`` if the broadcast shape does not start with ``rows``."""
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    pairs = [rows_of(t.expand(shape), rows) for t in tensors]
+    if shape[0] != rows:
+        raise ValueError(f"fused ops need operands broadcasting to [{rows}, ...], got {[tuple(t.shape) for t in tensors]}")
+    return [p[0] for p in pairs], [p[1] for p in pairs], pairs[0][0].shape[1]
 
 
 def grad_for(grad2d: torch.Tensor, shape) -> torch.Tensor:

@@ -126,17 +126,18 @@ def test_bf16_inputs_accumulate_in_float32(name, device):
     torch.testing.assert_close(logdet.double().cpu(), ref_logdet.cpu(), rtol=1e-5, atol=1e-3)
 
 
-def test_four_d_broadcast_and_non_contiguous_inputs(device):
-    y = torch.randn(3, 5, 4, 2, device=device).transpose(1, 3)  # non-contiguous [3, 2, 4, 5]
-    mu = torch.randn(3, 2, 4, 5, device=device)
+@pytest.mark.parametrize("batch", [2, 3])  # 2: the mask's channel count equals the batch size
+def test_four_d_broadcast_and_non_contiguous_inputs(device, batch):
+    y = torch.randn(batch, 5, 4, 2, device=device).transpose(1, 3)  # non-contiguous [B, 2, 4, 5]
+    mu = torch.randn(batch, 2, 4, 5, device=device)
     raw = torch.randn(2, 4, 5, device=device, requires_grad=True)  # an "independent" scale, broadcast over rows
     shell = (torch.rand(2, 4, 5, device=device) > 0.5).double()
     with use_kernels("triton"):
-        dev, logp = kernels.decoder_layer(y, mu, raw.expand(3, 2, 4, 5), shell, 1e-5)
+        dev, logp = kernels.decoder_layer(y, mu, raw.expand(batch, 2, 4, 5), shell, 1e-5)
     logp.sum().backward()
     grad = raw.grad.clone()
     raw.grad = None
-    ref_dev, ref_logp = decoder_layer_reference(y, mu, raw.expand(3, 2, 4, 5), shell, 1e-5)
+    ref_dev, ref_logp = decoder_layer_reference(y, mu, raw.expand(batch, 2, 4, 5), shell, 1e-5)
     ref_logp.sum().backward()
     torch.testing.assert_close(dev, ref_dev)
     torch.testing.assert_close(logp, ref_logp)
