@@ -95,7 +95,8 @@ def flat_operands(rows: int, *tensors: torch.Tensor) -> tuple[list[torch.Tensor]
     shape = torch.broadcast_shapes(*(t.shape for t in tensors))
     pairs = [rows_of(t.expand(shape), rows) for t in tensors]
     if shape[0] != rows:
-        raise ValueError(f"fused ops need operands broadcasting to [{rows}, ...], got {[tuple(t.shape) for t in tensors]}")
+        shapes = [tuple(t.shape) for t in tensors]
+        raise ValueError(f"fused ops need operands broadcasting to [{rows}, ...], got {shapes}")
     return [p[0] for p in pairs], [p[1] for p in pairs], pairs[0][0].shape[1]
 
 
