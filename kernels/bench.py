@@ -3,7 +3,8 @@
 For every op (forward direction), mode (forward, backward, full) and per-sample size at batch 256: the median
 milliseconds of many CUDA-event-timed runs after warm-up, the achieved GB/s (each input read and each output
 written once), its fraction of the device's copy bandwidth measured in the same run, and the peak memory the
-mode allocates. Then a whole training step of the big 3×64×64 aef-linear with kernels on and off.
+mode allocates (for the forward also ``saved_mb``, what it keeps alive for the backward beyond its outputs).
+Then a whole training step of the big 3×64×64 aef-linear with kernels on and off.
 """
 
 import math
@@ -116,6 +117,19 @@ def _peak_mb(fn, device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def _saved_mb(forward, device) -> float:
+    """Memory a forward keeps alive for its backward (the autograd graph), beyond its own outputs."""
+    if device.type != "cuda":
+        return float("nan")
+    _sync(device)
+    base = torch.cuda.memory_allocated(device)
+    out = forward()
+    _sync(device)
+    kept = torch.cuda.memory_allocated(device) - base - sum(t.numel() * t.element_size() for t in out)
+    del out
+    return kept / 2**20
+
+
 def _runner(op: Op, provider: str, inputs, mode: str):
     """A closure running one mode; ``backward`` reuses one forward graph (retain_graph)."""
     fn = op.fused if provider == "triton" else torch.compile(op.reference) if provider == "compile" else op.reference
@@ -130,7 +144,7 @@ def _runner(op: Op, provider: str, inputs, mode: str):
         return out[0].float().sum() + out[1].sum()
 
     if mode == "forward":
-        return lambda: forward()
+        return forward
     if mode == "full":
         return lambda: loss_of(forward()).backward()
     graph = loss_of(forward())
@@ -178,6 +192,7 @@ def run_ops(
                             copy_gbps=round(copy_bw, 1),
                             frac_copy_bw=round(gbps / copy_bw, 3),
                             peak_mb=round(_peak_mb(fn, device), 2),
+                            saved_mb=round(_saved_mb(fn, device), 2) if mode == "forward" else float("nan"),
                         )
                     )
     return rows
@@ -223,6 +238,7 @@ def model_step_rows(device, batch=16, latent=128, warmup=3, repeats=10, image=(3
                 copy_gbps=math.nan,
                 frac_copy_bw=math.nan,
                 peak_mb=round(_peak_mb(step, device), 1),
+                saved_mb=float("nan"),
             )
         )
     return rows
