@@ -84,7 +84,11 @@ def _bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aef-hpc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="aef-hpc",
+        description="Train and evaluate AutoEncoders within Flows and VAE baselines; write data shards; benchmark.",
+        epilog="e.g. aef-hpc train model.name=vae train.steps=200; every key is in aef_hpc/config.py",
+    )
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a model, then print its test bits/dim and write a sample grid")
     train.add_argument("--config", help="YAML file overriding the defaults of aef_hpc.config")

@@ -9,7 +9,7 @@ accumulated in float32 (float64 for float64 inputs).
 
 from .affine_coupling import affine_coupling, affine_coupling_inverse, bound_log_scale
 from .decoder_layer import decoder_layer, decoder_layer_inverse, softplus_inverse
-from .dispatch import MODES, get_kernels, set_kernels, triton_launches, use_kernels
+from .dispatch import MODES, check_available, get_kernels, set_kernels, triton_launches, use_kernels
 from .encoder_layer import encoder_layer, encoder_layer_inverse
 from .logit import logit_preprocess, logit_preprocess_inverse
 
@@ -18,6 +18,7 @@ __all__ = [
     "affine_coupling",
     "affine_coupling_inverse",
     "bound_log_scale",
+    "check_available",
     "decoder_layer",
     "decoder_layer_inverse",
     "encoder_layer",

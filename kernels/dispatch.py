@@ -46,6 +46,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def check_available(mode: str, device: torch.device) -> None:
+    """Fail before any work if ``mode`` cannot run on ``device`` (Triton on the CPU needs the interpreter)."""
+    if mode not in MODES:
+        set_kernels(mode)  # raises the error naming the modes
+    if mode == "triton" and device.type != "cuda" and not interpreting():
+        raise ConfigError(
+            "kernels=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before starting "
+            "(slow, for tests), or use kernels=auto"
+        )
+
+
 def wants_triton(*tensors: torch.Tensor) -> bool:
     mode = _state["mode"]
     if mode == "eager":
@@ -53,11 +64,8 @@ def wants_triton(*tensors: torch.Tensor) -> bool:
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if mode == "auto":
         return on_cuda
-    if not on_cuda and not interpreting():
-        raise ConfigError(
-            "kernels=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before starting "
-            "(slow, for tests), or use kernels=auto"
-        )
+    if not on_cuda:
+        check_available(mode, torch.device("cpu"))
     return True
 
 

@@ -98,3 +98,17 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path, args, match):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aef-hpc: error:") and match in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists(), "nothing is written for a run that cannot start"
+
+
+def test_triton_kernels_on_cpu_without_interpreter_fail_before_writing(tmp_path):
+    exe = shutil.which("aef-hpc") or str(__import__("pathlib").Path(sys.executable).with_name("aef-hpc"))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [exe, "train", "kernels=triton", f"run.out_dir={tmp_path}/runs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 2 and "TRITON_INTERPRET=1" in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -20,7 +20,7 @@ from ..config import Config, to_yaml
 from ..data import dequantize, open_data
 from ..errors import AEFError, ConfigError, DataError
 from ..evaluate import mean_loss, negative_log_likelihood, save_grid
-from ..kernels import use_kernels
+from ..kernels import check_available, use_kernels
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from .factory import model_from_config
@@ -82,6 +82,7 @@ def train(cfg: Config, progress: bool = True) -> RunResult:
 def _train(cfg: Config, progress: bool) -> RunResult:
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
+    check_available(cfg.kernels, device)
     d = cfg.data
     data = open_data(
         d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
