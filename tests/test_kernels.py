@@ -191,6 +191,14 @@ def test_training_with_triton_matches_eager(name, device, float32_default):
         assert (sum(triton_launches.values()) > before) == (impl == "triton")
     torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["eager"]), rtol=1e-4, atol=1e-3)
     assert losses["eager"][-1] != losses["eager"][0]
+    model.eval()
+    x = dequantize(images[:5], levels, torch.Generator().manual_seed(9)).to(device)
+    outputs = {}
+    for impl in ("triton", "eager"):
+        with use_kernels(impl), torch.no_grad():
+            outputs[impl] = (model.sample(3, generator=torch.Generator().manual_seed(0)), model.decode(model.encode(x)))
+    for a, b in zip(outputs["triton"], outputs["eager"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", OPS)
