@@ -351,3 +351,23 @@ def test_brace_pattern_selects_shards(tmp_path):
     assert len(eval_all(source, "val")[0]) == 180
     with pytest.raises(DataError, match="give data.manifest"):
         ShardSource("pipe:cat /x/val-{000000..000001}.tar")
+
+
+def test_source_with_train_and_test_only_gets_a_validation_split(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 3)):
+        (tmp_path / "src" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "src" / split / f"{i}.png")
+    manifest = write_shards(str(tmp_path / "src"), tmp_path / "out", val_fraction=0.2, progress=False)
+    assert (manifest.count("train"), manifest.count("val"), manifest.count("test")) == (8, 2, 3)
+
+
+def test_a_missing_split_stops_training_before_it_starts(tmp_path, capsys):
+    digits_shards(tmp_path / "shards")
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    del manifest["splits"]["val"]
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["train", f"data.path={tmp_path / 'shards'}", f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    assert "no 'val' split" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

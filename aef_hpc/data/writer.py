@@ -23,9 +23,16 @@ from .sources import Source, open_source
 
 
 def assign_splits(source: Source, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list]:
-    """Keep a source's own split; otherwise a seeded random permutation (as ``digits.split``). Index order within."""
+    """Keep a source's own split (carving a validation split from train if it has none); otherwise a seeded
+    random permutation (as ``digits.split``). Index order within each split."""
     if all(item.split is not None for item in source.items):
         groups = {s: [i for i in source.items if i.split == s] for s in SPLITS}
+        if not groups["val"] and len(groups["train"]) > 1:  # e.g. torchvision's train/test: carve val from train
+            order = torch.randperm(len(groups["train"]), generator=torch.Generator().manual_seed(seed)).tolist()
+            n_val = max(1, round(len(order) * val_fraction))
+            picked = set(order[:n_val])
+            groups["val"] = [item for k, item in enumerate(groups["train"]) if k in picked]
+            groups["train"] = [item for k, item in enumerate(groups["train"]) if k not in picked]
         return {s: v for s, v in groups.items() if v}
     n = len(source.items)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

@@ -62,6 +62,8 @@ def check_data_matches_model(data, cfg: Config) -> None:
             f"the data holds images of shape {list(data.image_shape)} but model.image_shape={list(expected)}: "
             "fix model.image_shape (or set it to null) or rewrite the shards with --resolution"
         )
+    for split in ("train", "val", "test"):
+        data.count(split)  # a missing split stops here, not after training
     bits = max(1, math.ceil(math.log2(data.levels)))
     if cfg.model.bit_depth is not None and cfg.model.bit_depth != bits:
         raise DataError(f"the data has {data.levels} levels ({bits} bits) but model.bit_depth={cfg.model.bit_depth}")
