@@ -25,9 +25,9 @@ def bound_log_scale(s_raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
 
 def affine_coupling_reference(x, s_raw, t, clamp, inverse=False):
     s = bound_log_scale(s_raw, clamp)
-    if inverse:
-        return (x - t) * torch.exp(-s), -row_sum(s)
-    return x * torch.exp(s) + t, row_sum(s)
+    out = (x - t) * torch.exp(-s) if inverse else x * torch.exp(s) + t
+    logdet = row_sum(s.expand(out.shape))  # every entry of the output scales, broadcast or not
+    return out, -logdet if inverse else logdet
 
 
 @triton.jit
@@ -133,8 +133,8 @@ class AffineCouplingFunction(torch.autograd.Function):
         triton_launches["affine_coupling"] += 1
         ctx.save_for_backward(x2, s2, t2)
         ctx.strides, ctx.meta, ctx.clamp, ctx.shapes = (x_rs, s_rs, t_rs), meta, clamp, (x.shape, s_raw.shape, t.shape)
-        ctx.grid = grid
-        return out.view(torch.broadcast_shapes(x.shape, s_raw.shape, t.shape)), partial.sum(1)
+        ctx.grid, ctx.full = grid, torch.broadcast_shapes(x.shape, s_raw.shape, t.shape)
+        return out.view(ctx.full), partial.sum(1)
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
@@ -146,7 +146,8 @@ class AffineCouplingFunction(torch.autograd.Function):
         _coupling_bwd[ctx.grid](x2, s2, t2, g2, g_ld, gx, gs, gt, n, *ctx.strides, ctx.clamp or 1.0, **ctx.meta)
         triton_launches["affine_coupling_backward"] += 1
         x_shape, s_shape, t_shape = ctx.shapes
-        return grad_for(gx, x_shape), grad_for(gs, s_shape), grad_for(gt, t_shape), None, None
+        full = ctx.full
+        return grad_for(gx, full, x_shape), grad_for(gs, full, s_shape), grad_for(gt, full, t_shape), None, None
 
 
 def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):

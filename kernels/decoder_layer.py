@@ -134,7 +134,8 @@ class DecoderLayerFunction(torch.autograd.Function):
         triton_launches["decoder_layer"] += 1
         ctx.save_for_backward(*flat)
         ctx.strides, ctx.meta, ctx.eps, ctx.shapes, ctx.grid = strides, meta, eps, (y.shape, mu.shape, r.shape), grid
-        return deviation.view(y.shape), partial.sum(1)
+        ctx.full = torch.broadcast_shapes(*(t.shape for t in operands))
+        return deviation.view(ctx.full), partial.sum(1)
 
     @staticmethod
     def backward(ctx, g_dev, g_logp):
@@ -144,7 +145,7 @@ class DecoderLayerFunction(torch.autograd.Function):
         g2 = g_dev.reshape(rows, n).contiguous()
         _decoder_bwd[ctx.grid](*flat, g2, g_logp.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
         triton_launches["decoder_layer_backward"] += 1
-        return (*(grad_for(g, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
+        return (*(grad_for(g, ctx.full, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
 
 
 def decoder_layer(y, mu, r, mask=None, eps: float = 1e-5):

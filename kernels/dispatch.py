@@ -108,8 +108,6 @@ def flat_operands(rows: int, *tensors: torch.Tensor) -> tuple[list[torch.Tensor]
     return [p[0] for p in pairs], [p[1] for p in pairs], pairs[0][0].shape[1]
 
 
-def grad_for(grad2d: torch.Tensor, shape) -> torch.Tensor:
-    """Reshape a ``[rows, n]`` gradient to an input's shape, summing over rows if the input was broadcast."""
-    if grad2d.numel() == math.prod(shape):
-        return grad2d.view(shape)
-    return grad2d.sum(0).view(shape)
+def grad_for(grad2d: torch.Tensor, full_shape, shape) -> torch.Tensor:
+    """A ``[rows, n]`` gradient of the broadcast ``full_shape``, summed down to an input's own ``shape``."""
+    return grad2d.view(full_shape).sum_to_size(shape)

@@ -17,9 +17,9 @@ from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, trito
 
 def encoder_layer_reference(mu, sigma, v, eps: float, inverse: bool = False):
     scale = sigma + eps
-    if inverse:
-        return (v - mu) / scale, -row_sum(scale.log())
-    return mu + scale * v, row_sum(scale.log())
+    out = (v - mu) / scale if inverse else mu + scale * v
+    logdet = row_sum(scale.log().expand(out.shape))  # every entry of the output scales, broadcast or not
+    return out, -logdet if inverse else logdet
 
 
 @triton.jit
@@ -109,14 +109,9 @@ class EncoderLayerFunction(torch.autograd.Function):
         _encoder_fwd[grid](*flat, out, partial, n, *strides, eps, **meta)
         triton_launches["encoder_layer"] += 1
         ctx.save_for_backward(*flat)
-        ctx.strides, ctx.meta, ctx.eps, ctx.shapes, ctx.grid = (
-            strides,
-            meta,
-            eps,
-            (mu.shape, sigma.shape, v.shape),
-            grid,
-        )
-        return out.view(v.shape), partial.sum(1)
+        ctx.strides, ctx.meta, ctx.eps, ctx.grid = strides, meta, eps, grid
+        ctx.shapes, ctx.full = (mu.shape, sigma.shape, v.shape), torch.broadcast_shapes(mu.shape, sigma.shape, v.shape)
+        return out.view(ctx.full), partial.sum(1)
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
@@ -126,7 +121,7 @@ class EncoderLayerFunction(torch.autograd.Function):
         g2 = g_out.reshape(rows, n).contiguous()
         _encoder_bwd[ctx.grid](*flat, g2, g_logdet.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
         triton_launches["encoder_layer_backward"] += 1
-        return (*(grad_for(g, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
+        return (*(grad_for(g, ctx.full, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
 
 
 def encoder_layer(mu, sigma, core, eps: float):

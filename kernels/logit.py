@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, launch_grid, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
 
 CLAMP = 1e-6
 
@@ -29,12 +29,15 @@ def logit_preprocess_reference(x, alpha: float):
 
 
 @triton.jit
-def _logit_fwd(x_ptr, u_ptr, ld_ptr, n, alpha, lo, hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _logit_fwd(x_ptr, u_ptr, ld_ptr, n, x_rs, params_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < n
-    x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.5).to(ACC)
-    s = alpha + (1.0 - 2.0 * alpha) * x
+    x = tl.load(x_ptr + row * x_rs + cols, mask=inside, other=0.5).to(ACC)
+    a = tl.load(params_ptr)  # alpha and the clamp in the compute dtype (a float argument would be float32)
+    lo = tl.load(params_ptr + 1)
+    hi = 1.0 - lo
+    s = a + (1.0 - 2.0 * a) * x
     s = tl.minimum(tl.maximum(s, lo), hi)
     log_s = tl.log(s)
     log_1ms = tl.log(1.0 - s)
@@ -44,16 +47,19 @@ def _logit_fwd(x_ptr, u_ptr, ld_ptr, n, alpha, lo, hi, ACC: tl.constexpr, BLOCK:
 
 
 @triton.jit
-def _logit_bwd(x_ptr, gu_ptr, gld_ptr, gx_ptr, n, alpha, lo, hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _logit_bwd(x_ptr, gu_ptr, gld_ptr, gx_ptr, n, x_rs, params_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     g_ld = tl.load(gld_ptr + row).to(ACC)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < n
-    x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.5).to(ACC)
+    x = tl.load(x_ptr + row * x_rs + cols, mask=inside, other=0.5).to(ACC)
     g_u = tl.load(gu_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
-    s_raw = alpha + (1.0 - 2.0 * alpha) * x
+    a = tl.load(params_ptr)
+    lo = tl.load(params_ptr + 1)
+    hi = 1.0 - lo
+    s_raw = a + (1.0 - 2.0 * a) * x
     s = tl.minimum(tl.maximum(s_raw, lo), hi)
-    gx = (1.0 - 2.0 * alpha) * (g_u + g_ld * (2.0 * s - 1.0)) / (s * (1.0 - s))
+    gx = (1.0 - 2.0 * a) * (g_u + g_ld * (2.0 * s - 1.0)) / (s * (1.0 - s))
     gx = tl.where((s_raw >= lo) & (s_raw <= hi), gx, 0.0)
     tl.store(gx_ptr + row * n + cols, gx.to(gx_ptr.dtype.element_ty), mask=inside)
 
@@ -62,26 +68,27 @@ class LogitFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha):
         rows = x.shape[0]
-        (x2,), _, n = flat_operands(rows, x)
+        (x2,), (x_rs,), n = flat_operands(rows, x)
         u = torch.empty((rows, n), dtype=x.dtype, device=x.device)
         grid, block = launch_grid(rows, n)
         partial = torch.empty(grid, dtype=acc_dtype(x), device=x.device)
         meta = dict(ACC=compute_dtype(x.dtype), BLOCK=block)
-        _logit_fwd[grid](x2, u, partial, n, alpha, CLAMP, 1 - CLAMP, **meta)
+        params = torch.tensor([alpha, CLAMP], dtype=acc_dtype(x), device=x.device)
+        _logit_fwd[grid](x2, u, partial, n, x_rs, params, **meta)
         triton_launches["logit"] += 1
-        ctx.save_for_backward(x2)
-        ctx.alpha, ctx.meta, ctx.shape, ctx.grid = alpha, meta, x.shape, grid
+        ctx.save_for_backward(x2, params)
+        ctx.meta, ctx.shape, ctx.grid, ctx.x_rs = meta, x.shape, grid, x_rs
         return u.view(x.shape), partial.sum(1) + n * math.log(1 - 2 * alpha)
 
     @staticmethod
     def backward(ctx, g_u, g_logdet):
-        (x2,) = ctx.saved_tensors
-        rows, n = x2.shape
-        gx = torch.empty_like(x2, dtype=g_u.dtype)
+        x2, params = ctx.saved_tensors
+        rows, n = g_u.shape[0], x2.shape[1]
+        gx = torch.empty((rows, n), dtype=g_u.dtype, device=g_u.device)
         g2 = g_u.reshape(rows, n).contiguous()
-        _logit_bwd[ctx.grid](x2, g2, g_logdet.contiguous(), gx, n, ctx.alpha, CLAMP, 1 - CLAMP, **ctx.meta)
+        _logit_bwd[ctx.grid](x2, g2, g_logdet.contiguous(), gx, n, ctx.x_rs, params, **ctx.meta)
         triton_launches["logit_backward"] += 1
-        return gx.view(ctx.shape), None
+        return grad_for(gx, ctx.shape, ctx.shape), None
 
 
 def logit_preprocess(x, alpha: float):

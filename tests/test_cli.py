@@ -112,3 +112,17 @@ def test_triton_kernels_on_cpu_without_interpreter_fail_before_writing(tmp_path)
     )
     assert proc.returncode == 2 and "TRITON_INTERPRET=1" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("world,n_train_ranks", [(2, 2), (6, 6)])
+def test_in_memory_training_batches_are_full_and_equal_on_every_rank(monkeypatch, world, n_train_ranks):
+    from aef_hpc.data import Splits, TensorSource
+
+    images = __import__("torch").arange(5 * 4, dtype=__import__("torch").uint8).reshape(5, 1, 2, 2)
+    source = TensorSource(Splits(images, images[:1], images[:1], 256))
+    sizes = []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        sizes.append([len(b.images) for b in source.train_epoch(0, 4)])
+    assert sizes == [[4]] * n_train_ranks

@@ -209,3 +209,53 @@ def test_rows_split_into_many_chunks(name, device, monkeypatch):
     monkeypatch.setitem(dispatch.BLOCK_CAP, "interpreter", 64)
     monkeypatch.setitem(dispatch.BLOCK_CAP, "gpu", 64)
     test_op_matches_float64_reference(name, 3, 1000, torch.float32, device)
+
+
+def test_operands_broadcast_over_any_dim(device):
+    """A [B, 1] shift, a [B, 1] scale, and pixels expanded over the batch get the reference's gradients."""
+    cases = [
+        (
+            "coupling",
+            lambda a, b, c: kernels.affine_coupling(a, b, c, 2.0),
+            lambda a, b, c: affine_coupling_reference(a, b, c, 2.0),
+            [(4, 4), (4, 4), (4, 1)],
+        ),
+        (
+            "encoder",
+            lambda a, b, c: kernels.encoder_layer(a, b, c, 1e-5),
+            lambda a, b, c: encoder_layer_reference(a, b, c, 1e-5),
+            [(3, 6), (3, 1), (3, 6)],
+        ),
+        (
+            "logit",
+            lambda a: kernels.logit_preprocess(a.expand(3, 8), 0.05),
+            lambda a: logit_preprocess_reference(a.expand(3, 8), 0.05),
+            [(1, 8)],
+        ),
+    ]
+    for name, fused, reference, shapes in cases:
+        gen = torch.Generator().manual_seed(0)
+        args = [torch.rand(s, generator=gen, dtype=torch.float64).to(device) + 0.1 for s in shapes]
+        grads = []
+        for fn in (fused, reference):
+            leaves = [a.clone().requires_grad_() for a in args]
+            with use_kernels("triton"):
+                out, logdet = fn(*leaves)
+            w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
+            ((out * w).sum() + logdet.sum()).backward()
+            grads.append([leaf.grad for leaf in leaves])
+        for got, want in zip(*grads, strict=True):
+            torch.testing.assert_close(got, want, msg=name)
+
+
+def test_logit_clamp_bounds_are_exact_in_float64(device):
+    x = torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64, device=device, requires_grad=True)
+    with use_kernels("triton"):
+        u, logdet = kernels.logit_preprocess(x, 1e-6)
+    (u.sum() + logdet.sum()).backward()
+    leaf = x.detach().clone().requires_grad_()
+    ref_u, ref_logdet = logit_preprocess_reference(leaf, 1e-6)
+    (ref_u.sum() + ref_logdet.sum()).backward()
+    torch.testing.assert_close(u, ref_u, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(logdet, ref_logdet, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(x.grad, leaf.grad, rtol=1e-9, atol=1e-9)

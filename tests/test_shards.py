@@ -211,12 +211,12 @@ def test_evaluation_count_mismatch_names_the_shards(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["splits"]["test"][0]["count"] += 5
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"test-000000.tar ended after 300 of 305 samples \(last key \d+\)"):
+    with pytest.raises(DataError, match=r"test-000000.tar: read 300 of 305 samples \(last key \d+\)"):
         list(ShardSource(str(tmp_path)).eval_batches("test", 64))
     write_tar(tmp_path / "test-000001.tar", {})  # a valid but empty tar: the shard is never seen at all
     manifest["splits"]["test"][0]["count"] -= 5
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"test split: .*: test-000001.tar \(0 of 59\)"):
+    with pytest.raises(DataError, match=r"test-000001.tar: read 0 of 59 samples"):
         list(ShardSource(str(tmp_path)).eval_batches("test", 64))
 
 
@@ -371,3 +371,84 @@ def test_a_missing_split_stops_training_before_it_starts(tmp_path, capsys):
     assert main(["train", f"data.path={tmp_path / 'shards'}", f"run.out_dir={tmp_path / 'runs'}"]) == 2
     assert "no 'val' split" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def _tiny_dataset(path, shards, split="test"):
+    """Shards of 1×2×2 NPY images: ``{name: (members, manifest count)}``; checksums left empty."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, (members, _) in shards.items():
+        write_tar(path / name, dict(members))
+    manifest = {
+        "format": "aef_hpc-shards/1",
+        "image_shape": [1, 2, 2],
+        "levels": 256,
+        "encoding": "npy",
+        "splits": {split: [{"name": n, "count": c, "sha256": "", "bytes": 0} for n, (_, c) in shards.items()]},
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+TINY = encode_image(np.zeros((1, 2, 2), np.uint8), "npy")
+
+
+def test_evaluation_names_the_shard_of_a_duplicate_member(tmp_path):
+    import io
+    import tarfile
+
+    (tmp_path / "d").mkdir()
+    with tarfile.open(tmp_path / "d" / "test-000000.tar", "w") as tar:
+        for name, data in (("0.npy", TINY), ("0.cls", b"1"), ("0.cls", b"2")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    _tiny_dataset(tmp_path / "d", {}, "test")
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    manifest["splits"]["test"] = [{"name": "test-000000.tar", "count": 1, "sha256": "", "bytes": 0}]
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"shard .*test-000000.tar"):
+        list(ShardSource(str(tmp_path / "d")).eval_batches("test", 4))
+
+
+def test_failing_pipe_command(tmp_path):
+    good = _tiny_dataset(
+        tmp_path / "d",
+        {
+            "train-000000.tar": ([("0.npy", TINY), ("0.cls", b"1")], 1),
+            "train-000001.tar": ([("1.npy", TINY), ("1.cls", b"1")], 1),
+        },
+        "train",
+    )
+    template = f"pipe:cat {good}/gone-{{shard}}"
+    with pytest.raises(DataError, match=r"shard pipe:cat .*gone-train-00000\d.tar"):
+        list(ShardSource(template, manifest=str(good / "manifest.json")).eval_batches("train", 4))
+    with pytest.raises(DataError, match="no readable sample in any training shard"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        list(ShardSource(template, manifest=str(good / "manifest.json")).train_epoch(0, 1))
+
+
+def test_training_counts_a_short_single_shard_and_no_false_alarms(tmp_path):
+    members = [(f"{i}.{ext}", TINY if ext == "npy" else b"0") for i in range(3) for ext in ("npy", "cls")]
+    short = _tiny_dataset(tmp_path / "short", {"train-000000.tar": (members, 5)}, "train")
+    with pytest.warns(UserWarning, match="read 3 of 5 samples"):
+        batches = list(ShardSource(str(short), shuffle_buffer=2).train_epoch(0, 1))
+    assert len(batches) == 5 and sum(b.skipped for b in batches) >= 2
+    whole = _tiny_dataset(
+        tmp_path / "whole", {"train-000000.tar": (members, 3), "train-000001.tar": (members, 3)}, "train"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = [b for e in range(3) for b in ShardSource(str(whole), shuffle_buffer=2).train_epoch(e, 1)]
+    assert sum(b.skipped for b in batches) == 0
+
+
+def test_evaluation_detects_a_modified_pixel(tmp_path):
+    digits_shards(tmp_path, encoding="npy")
+    members = read_members(tmp_path / "test-000000.tar")
+    key = sorted(k for k in members if k.endswith(".npy"))[0]
+    data = bytearray(members[key])
+    data[-1] ^= 1
+    members[key] = bytes(data)
+    write_tar(tmp_path / "test-000000.tar", members)
+    with pytest.raises(DataError, match="test-000000.tar: its sha256 or size differs"):
+        list(ShardSource(str(tmp_path)).eval_batches("test", 64))

@@ -50,8 +50,11 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
 def decode_sample(sample: dict, image_shape: tuple[int, ...]) -> tuple[str, np.ndarray, int]:
     """A grouped tar sample -> ``(key, image, label)``; raises ``CorruptSample`` naming shard and key."""
     key, url = sample.get("__key__"), sample.get("__url__")
-    ext = next((e for e in IMAGE_KEYS if e in sample), None)
+    found = [e for e in IMAGE_KEYS if e in sample]
+    ext = found[0] if len(found) == 1 else None
     try:
+        if len(found) > 1:
+            raise ValueError("both a .png and a .npy image: which one is meant?")
         if ext is None:
             raise ValueError(
                 f"no image member (.png or .npy); members: {sorted(k for k in sample if not k.startswith('__'))}"

@@ -1,6 +1,5 @@
 """In-memory data (the embedded digits) behind the same interface as ``ShardSource``."""
 
-import itertools
 from collections.abc import Iterator
 
 import torch
@@ -33,13 +32,15 @@ class TensorSource:
         return max(1, self.count("train") // (world_info()[1] * batch_size))
 
     def train_epoch(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        """Full batches only, the same number on every rank; a rank's share is cycled if it is too small."""
         rank, world = world_info()
         n = self.count("train")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        mine = order[rank::world]
-        size = min(batch_size, len(mine))
-        for i in itertools.islice(range(0, len(mine) - size + 1, size), self.batches_per_epoch(batch_size)):
-            yield Batch(self.splits.train[mine[i : i + size]])
+        mine = order[rank::world] if rank < n else order[rank % n : rank % n + 1]
+        needed = self.batches_per_epoch(batch_size) * batch_size
+        mine = mine.repeat(-(-needed // len(mine)))[:needed]
+        for chunk in mine.split(batch_size):
+            yield Batch(self.splits.train[chunk])
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         """``(keys, images)`` with keys ``"<split>-<position>"``, this rank's share in order."""

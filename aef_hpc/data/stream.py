@@ -12,6 +12,7 @@ a fixed order, so every sample is read exactly once; the per-shard counts (summe
 manifest's, and any decoding problem is an error naming the shard and key.
 """
 
+import hashlib
 import itertools
 import random
 import re
@@ -26,7 +27,8 @@ import torch.distributed as dist
 import webdataset as wds
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, url_opener
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from ..errors import DataError
 from .codec import DECLARED, CorruptSample, decode_sample
@@ -93,7 +95,7 @@ def locate_shards(location: str, manifest_path: str | None) -> tuple[Manifest, d
 
 
 def _declared(fname: str) -> bool:
-    return fname.endswith(DECLARED)
+    return fname.lower().endswith(DECLARED)
 
 
 def _url_of(exn: Exception) -> str:
@@ -102,40 +104,18 @@ def _url_of(exn: Exception) -> str:
 
 
 class _SkipCounter:
-    """Training handler: warn, count, go on (webdataset then skips the rest of a broken shard)."""
+    """Training handler: warn, count ``n`` skipped samples, go on."""
 
     def __init__(self):
         self.count = 0
 
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        warnings.warn(
-            f"skipping corrupt data ({type(exn).__name__}: {str(exn.args[0]) if exn.args else exn})", stacklevel=2
-        )
+    def __call__(self, exn: Exception, n: int = 1) -> bool:
+        self.count += n
+        warnings.warn(f"skipping corrupt data ({type(exn).__name__}: {exn.args[0] if exn.args else exn})", stacklevel=2)
         return True
 
 
-def _tar_samples(shards, handler):
-    """webdataset's opener (local paths, ``pipe:``, URLs) and grouping, around the lean tar reader."""
-
-    def members(opened):
-        for source in opened:
-            url = source["url"]
-            try:
-                for name, data in tar_members(source["stream"], url, _declared):
-                    yield dict(fname=name, data=data, __url__=url)
-            except Exception as exn:  # noqa: BLE001  the handler decides: count and go on, or raise
-                exn.args = (*exn.args, url)
-                if not handler(exn):
-                    return
-            finally:
-                source["stream"].close()
-            yield {}  # end of shard: samples of two shards never merge
-
-    return group_by_keys(members(url_opener(shards, handler=handler)), handler=handler)
-
-
-def _raise_named(exn: Exception) -> bool:
+def _raise_named(exn: Exception, n: int = 1) -> bool:
     if isinstance(exn, DataError):
         raise DataError(exn.args[0]) from exn
     raise DataError(
@@ -143,15 +123,35 @@ def _raise_named(exn: Exception) -> bool:
     ) from exn
 
 
-class ShardReader(IterableDataset):
-    """The per-worker pipeline: shard list -> tar samples (declared keys only) -> decode -> [shuffle] -> batch."""
+class _HashingReader:
+    """Reads a stream while hashing it, to check a shard's sha256 and size against the manifest."""
 
-    def __init__(
-        self, urls, counts, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1)
-    ):
+    def __init__(self, stream):
+        self.stream, self.sha, self.size = stream, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class ShardReader(IterableDataset):
+    """The per-worker pipeline: shard list -> tar samples (declared keys only) -> decode -> [shuffle] -> batch.
+
+    Each shard opened is checked as it ends: its sample count (and, in evaluation, its sha256 and size) against
+    the manifest; a tar error or a shortfall is skipped and counted in training and an error in evaluation.
+    """
+
+    def __init__(self, urls, shards, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000,
+                 world=(0, 1)):
         super().__init__()
         self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
-        self.counts = dict(zip(self.urls, counts, strict=True))
+        self.info = dict(zip(self.urls, shards, strict=True))
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
         self.rank, self.world = world
 
@@ -166,6 +166,46 @@ class ShardReader(IterableDataset):
     def _eval_shards(self, worker: int, workers: int):
         mine = list(range(len(self.urls)))[self.rank :: self.world][worker::workers]
         yield from (dict(url=self.urls[i], index=i) for i in mine)
+
+    def _members(self, shards, handler):
+        """Open each shard (webdataset's ``gopen``: paths, ``pipe:``, URLs), yield its tar members and an
+        end-of-shard marker, then check it: the sample count, and in evaluation the sha256 and size."""
+        empty_streak = 0
+        for shard in shards:
+            url, info = shard["url"], self.info[shard["url"]]
+            count, last, error, raw = 0, None, None, None
+            try:
+                raw = gopen(url)
+                stream = raw if self.train else _HashingReader(raw)
+                for name, data in tar_members(stream, url, _declared):
+                    prefix = base_plus_ext(name)[0]
+                    if prefix != last:
+                        count, last = count + 1, prefix
+                    yield dict(fname=name, data=data, __url__=url, url=url)
+                if not self.train:
+                    stream.drain()
+            except Exception as exn:  # noqa: BLE001  a broken shard: skipped in training, an error in evaluation
+                error = exn
+            finally:  # also when the consumer stops early (the end of a training epoch)
+                try:
+                    if raw is not None:
+                        raw.close()
+                except Exception as exn:  # noqa: BLE001  e.g. a pipe: command that failed
+                    error = error or exn
+            yield {}  # end of shard: samples of two shards never merge
+            problems = [] if error is None else [f"{type(error).__name__}: {error.args[0] if error.args else error}"]
+            if count != info.count:
+                problems.append(f"read {count} of {info.count} samples (last key {last})")
+            if not self.train and not problems and info.sha256 and (stream.sha.hexdigest(), stream.size) != (
+                info.sha256,
+                info.bytes,
+            ):
+                problems.append("its sha256 or size differs from the manifest's: modified or corrupted")
+            if problems:
+                handler(DataError(f"shard {url}: {'; '.join(problems)}"), max(1, info.count - count))
+            empty_streak = 0 if count else empty_streak + 1
+            if self.train and empty_streak > len(self.urls):
+                raise DataError(f"no readable sample in any training shard this worker reads (last tried {url})")
 
     def __iter__(self):
         info = get_worker_info()
@@ -183,7 +223,7 @@ class ShardReader(IterableDataset):
                 index_of[shard["url"]] = shard["index"]
                 yield dict(url=shard["url"])
 
-        samples = self._checked(_tar_samples(track(shards), handler), handler)
+        samples = group_by_keys(self._members(track(shards), handler), handler=handler)
         if self.train:
             rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
             samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
@@ -204,26 +244,6 @@ class ShardReader(IterableDataset):
                 images, keys, shard_ids = [], [], []
         if images and not self.train:
             yield self._collate(images, keys, shard_ids, handler)
-
-    def _checked(self, samples, handler):
-        """Pass samples on, checking each shard delivers the manifest's count (a truncated tar ends silently)."""
-        url, n, key = None, 0, None
-        for sample in samples:
-            if sample["__url__"] != url:
-                self._shard_done(url, n, key, handler)
-                url, n = sample["__url__"], 0
-            n, key = n + 1, sample["__key__"]
-            yield sample
-        self._shard_done(url, n, key, handler)
-
-    def _shard_done(self, url, n, key, handler):
-        if url is None or n == self.counts[url]:
-            return
-        message = f"shard {url} ended after {n} of {self.counts[url]} samples (last key {key}): truncated or rewritten?"
-        if not self.train:
-            raise DataError(message)
-        handler(DataError(message))
-        handler.count += max(0, self.counts[url] - n) - 1
 
     def _collate(self, images, keys, shard_ids, handler):
         batch = torch.from_numpy(np.stack(images))
@@ -268,7 +288,7 @@ class ShardSource:
         shards = self.manifest.shards(split)
         reader = ShardReader(
             [self.url_of[s.name] for s in shards],
-            [s.count for s in shards],
+            shards,
             self.image_shape,
             batch_size,
             train,
@@ -299,7 +319,10 @@ class ShardSource:
         except DataError as exc:
             raise DataError(_one_line(exc)) from None
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
+            on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else counts.device
+            reduced = counts.to(on)
+            dist.all_reduce(reduced)
+            counts = reduced.cpu()
         short = [f"{s.name} ({int(c)} of {s.count})" for s, c in zip(shards, counts, strict=True) if c != s.count]
         if short:
             raise DataError(
