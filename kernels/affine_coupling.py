@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, launch_backward, launch_grid, triton_launches, wants_triton
 
 
 def bound_log_scale(s_raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
@@ -138,16 +138,8 @@ class AffineCouplingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
-        x2, s2, t2 = ctx.saved_tensors
-        rows, n = g_out.shape[0], x2.shape[1]
-        g2 = g_out.reshape(rows, n).contiguous()
-        g_ld = g_logdet.contiguous()
-        gx, gs, gt = (torch.empty((rows, n), dtype=g_out.dtype, device=g_out.device) for _ in range(3))
-        _coupling_bwd[ctx.grid](x2, s2, t2, g2, g_ld, gx, gs, gt, n, *ctx.strides, ctx.clamp or 1.0, **ctx.meta)
-        triton_launches["affine_coupling_backward"] += 1
-        x_shape, s_shape, t_shape = ctx.shapes
-        full = ctx.full
-        return grad_for(gx, full, x_shape), grad_for(gs, full, s_shape), grad_for(gt, full, t_shape), None, None
+        grads = launch_backward(_coupling_bwd, "affine_coupling", ctx, g_out, g_logdet, ctx.clamp or 1.0)
+        return (*grads, None, None)
 
 
 def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):

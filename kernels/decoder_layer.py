@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, launch_backward, launch_grid, triton_launches, wants_triton
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -139,13 +139,7 @@ class DecoderLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_dev, g_logp):
-        flat = ctx.saved_tensors
-        rows, n = g_dev.shape[0], flat[0].shape[1]
-        grads = [torch.empty((rows, n), dtype=g_dev.dtype, device=g_dev.device) for _ in range(3)]
-        g2 = g_dev.reshape(rows, n).contiguous()
-        _decoder_bwd[ctx.grid](*flat, g2, g_logp.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
-        triton_launches["decoder_layer_backward"] += 1
-        return (*(grad_for(g, ctx.full, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
+        return (*launch_backward(_decoder_bwd, "decoder_layer", ctx, g_dev, g_logp, ctx.eps), None, None)
 
 
 def decoder_layer(y, mu, r, mask=None, eps: float = 1e-5):

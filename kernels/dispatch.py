@@ -111,3 +111,15 @@ def flat_operands(rows: int, *tensors: torch.Tensor) -> tuple[list[torch.Tensor]
 def grad_for(grad2d: torch.Tensor, full_shape, shape) -> torch.Tensor:
     """A ``[rows, n]`` gradient of the broadcast ``full_shape``, summed down to an input's own ``shape``."""
     return grad2d.view(full_shape).sum_to_size(shape)
+
+
+def launch_backward(kernel, name: str, ctx, g_out: torch.Tensor, g_logdet: torch.Tensor, *scalars):
+    """The backward launch the elementwise ops share: ``kernel(*saved, g_out, g_logdet, *grads, n, *strides,
+    *scalars, **meta)`` on the forward's grid, one gradient per input, each summed to its input's shape."""
+    saved = ctx.saved_tensors
+    rows, n = g_out.shape[0], saved[0].shape[1]
+    grads = [torch.empty((rows, n), dtype=g_out.dtype, device=g_out.device) for _ in ctx.shapes]
+    g2 = g_out.reshape(rows, n).contiguous()
+    kernel[ctx.grid](*saved, g2, g_logdet.contiguous(), *grads, n, *ctx.strides, *scalars, **ctx.meta)
+    triton_launches[f"{name}_backward"] += 1
+    return [grad_for(g, ctx.full, shape) for g, shape in zip(grads, ctx.shapes, strict=True)]

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
+from .dispatch import compute_dtype, flat_operands, launch_backward, launch_grid, triton_launches, wants_triton
 
 
 def encoder_layer_reference(mu, sigma, v, eps: float, inverse: bool = False):
@@ -115,13 +115,7 @@ class EncoderLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
-        flat = ctx.saved_tensors
-        rows, n = g_out.shape[0], flat[0].shape[1]
-        grads = [torch.empty((rows, n), dtype=g_out.dtype, device=g_out.device) for _ in range(3)]
-        g2 = g_out.reshape(rows, n).contiguous()
-        _encoder_bwd[ctx.grid](*flat, g2, g_logdet.contiguous(), *grads, n, *ctx.strides, ctx.eps, **ctx.meta)
-        triton_launches["encoder_layer_backward"] += 1
-        return (*(grad_for(g, ctx.full, s) for g, s in zip(grads, ctx.shapes, strict=True)), None, None)
+        return (*launch_backward(_encoder_bwd, "encoder_layer", ctx, g_out, g_logdet, ctx.eps), None, None)
 
 
 def encoder_layer(mu, sigma, core, eps: float):
