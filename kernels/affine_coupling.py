@@ -13,7 +13,15 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, launch_backward, launch_grid, triton_launches, wants_triton
+from .dispatch import (
+    compute_dtype,
+    flat_operands,
+    launch_backward,
+    launch_grid,
+    store_row_partial,
+    triton_launches,
+    wants_triton,
+)
 
 
 def bound_log_scale(s_raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
@@ -66,11 +74,7 @@ def _coupling_fwd(
     else:
         out = x * tl.exp(s) + t
     tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=m)
-    terms = tl.where(m, s, 0.0)
-    total = tl.sum(terms, axis=0)
-    if INVERSE:
-        total = -total
-    tl.store(logdet_ptr + row * tl.num_programs(1) + tl.program_id(1), total)
+    store_row_partial(logdet_ptr, row, tl.where(m, s, 0.0), INVERSE)
 
 
 @triton.jit

@@ -19,7 +19,15 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, launch_backward, launch_grid, triton_launches, wants_triton
+from .dispatch import (
+    compute_dtype,
+    flat_operands,
+    launch_backward,
+    launch_grid,
+    store_row_partial,
+    triton_launches,
+    wants_triton,
+)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -72,8 +80,7 @@ def _decoder_fwd(
         dev = dev * w
         term = term * w
     tl.store(dev_ptr + row * n + cols, dev.to(dev_ptr.dtype.element_ty), mask=inside)
-    terms = tl.where(inside, term, 0.0)
-    tl.store(logp_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.sum(terms, axis=0))
+    store_row_partial(logp_ptr, row, tl.where(inside, term, 0.0), False)
 
 
 @triton.jit

@@ -11,6 +11,7 @@ import math
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 from aef_hpc.errors import ConfigError
@@ -123,3 +124,12 @@ def launch_backward(kernel, name: str, ctx, g_out: torch.Tensor, g_logdet: torch
     kernel[ctx.grid](*saved, g2, g_logdet.contiguous(), *grads, n, *ctx.strides, *scalars, **ctx.meta)
     triton_launches[f"{name}_backward"] += 1
     return [grad_for(g, ctx.full, shape) for g, shape in zip(grads, ctx.shapes, strict=True)]
+
+
+@triton.jit
+def store_row_partial(ptr, row, terms, NEGATE: tl.constexpr):
+    """Store this program's (chunk's) sum of ``terms`` at ``ptr[row, chunk]``, negated for inverse directions."""
+    total = tl.sum(terms, axis=0)
+    if NEGATE:
+        total = -total
+    tl.store(ptr + row * tl.num_programs(1) + tl.program_id(1), total)

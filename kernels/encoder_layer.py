@@ -12,7 +12,15 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, launch_backward, launch_grid, triton_launches, wants_triton
+from .dispatch import (
+    compute_dtype,
+    flat_operands,
+    launch_backward,
+    launch_grid,
+    store_row_partial,
+    triton_launches,
+    wants_triton,
+)
 
 
 def encoder_layer_reference(mu, sigma, v, eps: float, inverse: bool = False):
@@ -49,11 +57,7 @@ def _encoder_fwd(
     else:
         out = mu + a * v
     tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
-    terms = tl.where(inside, tl.log(a), 0.0)
-    total = tl.sum(terms, axis=0)
-    if INVERSE:
-        total = -total
-    tl.store(ld_ptr + row * tl.num_programs(1) + tl.program_id(1), total)
+    store_row_partial(ld_ptr, row, tl.where(inside, tl.log(a), 0.0), INVERSE)
 
 
 @triton.jit

@@ -16,7 +16,15 @@ import triton
 import triton.language as tl
 
 from ._rows import acc_dtype, row_sum
-from .dispatch import compute_dtype, flat_operands, grad_for, launch_grid, triton_launches, wants_triton
+from .dispatch import (
+    compute_dtype,
+    flat_operands,
+    grad_for,
+    launch_grid,
+    store_row_partial,
+    triton_launches,
+    wants_triton,
+)
 
 CLAMP = 1e-6
 
@@ -42,8 +50,7 @@ def _logit_fwd(x_ptr, u_ptr, ld_ptr, n, x_rs, params_ptr, ACC: tl.constexpr, BLO
     log_s = tl.log(s)
     log_1ms = tl.log(1.0 - s)
     tl.store(u_ptr + row * n + cols, (log_s - log_1ms).to(u_ptr.dtype.element_ty), mask=inside)
-    terms = tl.where(inside, -log_s - log_1ms, 0.0)
-    tl.store(ld_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.sum(terms, axis=0))
+    store_row_partial(ld_ptr, row, tl.where(inside, -log_s - log_1ms, 0.0), False)
 
 
 @triton.jit
