@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
@@ -59,41 +59,91 @@ class DataConfig:
     """seed of the embedded dataset's train/validation/test split and of the shard order"""
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    noise_std: float = 0.0
+    """denoising (method.md §4.3): train on clamp(x + N(0, noise_std^2), 0, 1); 0 trains on clean data"""
 
 
 @dataclass
 class TrainConfig:
     steps: int = 2000
+    """optimizer steps (each of accumulate micro-batches)"""
     batch_size: int = 128
+    """micro-batch size per rank"""
+    accumulate: int = 1
+    """micro-batches whose gradients are summed into one optimizer step"""
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    """constant | cosine (linear warmup over warmup_steps, then cosine decay to min_lr at the last step)"""
+    warmup_steps: int = 0
+    min_lr: float = 0.0
     grad_clip: float = 200.0
+    """max global gradient norm (the paper's 200)"""
+    skip_threshold: Optional[float] = None
+    """skip a step whose gradient norm exceeds this (VDVAE's rule); null: skip only non-finite steps"""
+    max_skips: int = 20
+    """this many skipped steps in a row stop the run (the last good checkpoint stays)"""
+    ema_rate: float = 0.0
+    """EMA of the weights used by validation and evaluation (VDVAE: 0.9999); 0 is off"""
+    precision: str = "fp32"
+    """fp32 | bf16 (autocast; log-dets and likelihoods still accumulate in float32)"""
+    compile: bool = False
+    """run the training step's forward under torch.compile"""
     seed: int = 0
     """seeds model init, batch order and dequantization noise"""
     val_every: int = 250
+    """validate (and checkpoint) every this many steps, and at the last step"""
+    checkpoint_every: Optional[int] = None
+    """checkpoint every this many steps too; null: at validations only"""
+    patience: Optional[int] = None
+    """early stopping: stop after this many steps without a better validation; null: off"""
     log_every: int = 10
+    """log the objective every this many steps (the only host synchronisation besides the step check)"""
+    progress_every: float = 30.0
+    """seconds between plain progress lines when stderr is not a terminal"""
     device: str = "auto"
     """auto (cuda if available) | cpu | cuda | cuda:N"""
 
 
 @dataclass
 class EvalConfig:
+    split: str = "test"
+    """the split evaluated: test | val | train"""
     num_samples: int = 128
     """K of the importance-sampling marginal likelihood (aef-linear, vae, iwae)"""
+    repeats: int = 20
+    """importance-sampling estimates averaged per image (the paper's 20 of K=128)"""
     chunk_size: int = 32
     """importance samples evaluated at once; bounds memory"""
     batch_size: int = 256
+    limit: Optional[int] = None
+    """evaluate only the first this many images of the split; null: all"""
     select_proposal_std: bool = True
-    """aef-linear: grid-search the proposal std on validation data before the test likelihood"""
+    """aef-linear: grid-search the proposal std on validation data (stored in the checkpoint it evaluates)"""
+    proposal_stds: list[float] = field(
+        default_factory=lambda: [2.0, 1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 5e-4, 1e-4, 5e-5, 1e-5]
+    )
+    """the grid of proposal stds searched (method.md §1.4's table reaches 9e-5)"""
+    proposal_num_samples: int = 64
+    """K of the proposal-std search"""
+    proposal_images: int = 2048
+    """validation images used by the proposal-std search"""
     grid_samples: int = 64
     temperature: float = 1.0
     seed: int = 0
+    fid_weights: Optional[str] = None
+    """local pt_inception-2015-12-05 state dict (pytorch-fid's file); FID and IFE are computed when set"""
+    fid_samples: int = 2048
+    """images per side of the FID (the paper's 2048 vs 2048)"""
 
 
 @dataclass
 class RunConfig:
-    name: str = "digits"
+    name: Optional[str] = None
+    """the run writes to out_dir/name/; null: <model.name>-<date>-<time>. An existing folder is never written
+    into except by `aef-hpc train --resume`"""
     out_dir: str = "runs"
-    """the run writes to out_dir/name/"""
+    keep_last: int = 3
+    """complete checkpoints kept (at least 2), besides the best one"""
 
 
 @dataclass
@@ -111,26 +161,61 @@ _POSITIVE = (
     "model.latent_dim",
     "train.steps",
     "train.batch_size",
+    "train.accumulate",
     "train.val_every",
     "train.log_every",
+    "train.max_skips",
     "eval.num_samples",
+    "eval.repeats",
     "eval.chunk_size",
     "eval.batch_size",
+    "eval.proposal_num_samples",
+    "eval.proposal_images",
+    "eval.grid_samples",
+    "eval.fid_samples",
     "model.iwae_samples",
 )
+_POSITIVE_OR_NULL = ("train.checkpoint_every", "train.patience", "eval.limit", "train.skip_threshold")
+_CHOICES = {
+    "kernels": ("auto", "triton", "eager"),
+    "train.lr_schedule": ("constant", "cosine"),
+    "train.precision": ("fp32", "bf16"),
+    "eval.split": ("test", "val", "train"),
+}
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _check(cfg: Config) -> None:
     for key in _POSITIVE:
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{key}={getattr(getattr(cfg, section), name)} must be at least 1")
-    for key in ("train.lr", "model.proposal_std", "eval.temperature", "train.grad_clip"):
-        section, name = key.split(".")
-        if not getattr(getattr(cfg, section), name) > 0:
-            raise ConfigError(f"{key}={getattr(getattr(cfg, section), name)} must be positive")
-    if cfg.kernels not in ("auto", "triton", "eager"):
-        raise ConfigError(f"kernels={cfg.kernels!r} is unknown: choose one of auto, triton, eager")
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
+    for key in _POSITIVE_OR_NULL:
+        if _get(cfg, key) is not None and not _get(cfg, key) > 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be positive, or null for off")
+    for key in ("train.lr", "model.proposal_std", "eval.temperature", "train.grad_clip", "train.progress_every"):
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be positive")
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is unknown: choose one of {', '.join(choices)}")
+    for key in ("train.warmup_steps", "train.min_lr", "data.noise_std"):
+        if not _get(cfg, key) >= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be 0 or more")
+    if not 0 <= cfg.train.ema_rate < 1:
+        raise ConfigError(f"train.ema_rate={cfg.train.ema_rate} must be in [0, 1) (0 is off; VDVAE uses 0.9999)")
+    if cfg.run.keep_last < 2:
+        raise ConfigError(
+            f"run.keep_last={cfg.run.keep_last} must be at least 2: the newest checkpoint may be cut by a kill"
+        )
+    if not cfg.eval.proposal_stds or min(cfg.eval.proposal_stds) <= 0:
+        raise ConfigError(f"eval.proposal_stds={cfg.eval.proposal_stds} must be a non-empty list of positive stds")
+    if cfg.run.name is not None and (not cfg.run.name or "/" in cfg.run.name or cfg.run.name in (".", "..")):
+        raise ConfigError(f"run.name={cfg.run.name!r} must be a plain folder name (no '/'), or null for automatic")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be 0 or more")
     if cfg.model.image_shape is not None and (len(cfg.model.image_shape) != 3 or min(cfg.model.image_shape) < 1):
@@ -145,27 +230,40 @@ def _check(cfg: Config) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Schema defaults <- YAML file ``path`` <- ``key=value`` overrides, type-checked and validated."""
-    schema = OmegaConf.structured(Config)
-    layers = [schema]
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            layers.append(OmegaConf.load(path))
-        except Exception as exc:  # yaml parse errors have many types
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if path is None:
+        return _merge(None, overrides, "")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as exc:  # yaml parse errors have many types
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    return _merge(layer, overrides, f" (in {path})")
+
+
+def from_yaml(text: str, overrides: list[str] = (), where: str = "the checkpoint") -> Config:
+    """A config saved with ``to_yaml`` (in a run folder or checkpoint), with ``key=value`` overrides on top."""
+    try:
+        layer = OmegaConf.create(text)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"the config in {where} is not valid YAML: {exc}") from exc
+    return _merge(layer, overrides, f" (in {where})")
+
+
+def _merge(layer, overrides: list[str], where: str) -> Config:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=200)")
+    if layer is not None and not isinstance(layer, DictConfig):
+        raise ConfigError(f"the config{where} must be a mapping of sections (model:, train:, ...), not a list or value")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
+        layers = [OmegaConf.structured(Config), *([layer] if layer is not None else [])]
+        merged = OmegaConf.merge(*layers, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         reason = str(exc).splitlines()[0]
-        where = f" (in {path})" if path is not None else ""
         raise ConfigError(f"config key {key!r}{where}: {reason}") from exc
     _check(cfg)
     return cfg
