@@ -7,20 +7,108 @@
 import argparse
 import sys
 
-from .errors import AEFError
+from .errors import AEFError, ConfigError
 
 
 def _train(args) -> int:
     from .config import load_config
+    from .engine import find_resumable
+    from .evaluate import checkpoint_config
     from .train import train
 
-    cfg = load_config(args.config, args.overrides)
-    result = train(cfg, progress=not args.no_progress)
+    if args.resume:
+        if args.config:
+            raise ConfigError("--config cannot be combined with --resume: the run's own config is used; "
+                              "change single keys with key=value (e.g. train.steps=4000)")
+        checkpoint = find_resumable(args.resume)
+        cfg = checkpoint_config(checkpoint, args.overrides)
+        print(f"resuming {checkpoint.run_dir} from {checkpoint.path.name}", file=sys.stderr)
+    else:
+        checkpoint, cfg = None, load_config(args.config, args.overrides)
+    result = train(cfg, progress=not args.no_progress, resume=checkpoint)
+    _print_summary(result.summary, result.eval_dir)
     print(f"run folder:     {result.run_dir}")
-    print(f"best val {result.loss_name}: {result.best_val_loss:.3f} nats/image")
-    print(f"test NLL:       {result.test_nll:.3f} nats/image")
-    print(f"test bits/dim:  {result.test_bpd:.4f}")
-    print(f"sample grid:    {result.grid}")
+    print(f"best val {result.loss_name}: {result.best_val_loss:.3f} nats/image (step {result.best_step})")
+    for figure in result.figures:
+        print(f"figure:         {figure}")
+    return 0
+
+
+def _print_summary(summary: dict, folder) -> None:
+    se = summary["bits_per_dim_se"]
+    print(f"{summary['split']} NLL:       {summary['nll_nats']:.3f} nats/image ({summary['estimator']}, "
+          f"{summary['count']} images)")
+    print(f"{summary['split']} bits/dim:  {summary['bits_per_dim']:.4f} ± {se:.4f} (standard error)")
+    if "ess_min" in summary:
+        print(f"IS effective sample size: min {summary['ess_min']:.1f}, median {summary['ess_median']:.1f} "
+              f"of K={summary['num_samples']}")
+    for key in ("proposal_std", "fid", "ife", "denoise_mse"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.6g}")
+    print(f"records:        {folder}")
+
+
+def _open_trained(path, overrides):
+    from .data import open_data
+    from .evaluate import restore
+
+    trained = restore(path, overrides)
+    d = trained.cfg.data
+    data = open_data(d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers,
+                     d.shuffle_buffer)
+    if tuple(data.image_shape) != tuple(trained.cfg.model.image_shape):
+        raise ConfigError(f"the data's images are {list(data.image_shape)} but the model was trained on "
+                          f"{trained.cfg.model.image_shape}: check data.path")
+    return trained, data
+
+
+def _eval(args) -> int:
+    from .evaluate import check_fid_weights, evaluate
+    from .kernels import use_kernels
+
+    trained, data = _open_trained(args.path, args.overrides)
+    check_fid_weights(trained.cfg.eval.fid_weights)
+    with use_kernels(trained.cfg.kernels):
+        summary, folder = evaluate(trained, data)
+    print(f"checkpoint:     {trained.checkpoint.path}{' (EMA weights)' if trained.ema else ''}")
+    _print_summary(summary, folder)
+    return 0
+
+
+SAMPLE_KEYS = {"n": int, "temperature": float, "deviations": None, "seed": int}
+
+
+def _sample_options(items: list[str]) -> tuple[dict, list[str]]:
+    """``n=64 temperature=0.85 deviations=true seed=0``; other ``key=value`` items are config overrides."""
+    options, overrides = {"n": 64, "temperature": 1.0, "deviations": False, "seed": 0}, []
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in SAMPLE_KEYS:
+            overrides.append(item)
+            continue
+        try:
+            if key == "deviations":
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                options[key] = value.lower() == "true"
+            else:
+                options[key] = SAMPLE_KEYS[key](value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} is not a {'true/false' if key == 'deviations' else SAMPLE_KEYS[key].__name__}") from None
+    if options["n"] < 1 or not options["temperature"] > 0:
+        raise ConfigError(f"n={options['n']} must be at least 1 and temperature={options['temperature']} positive")
+    return options, overrides
+
+
+def _sample(args) -> int:
+    from .evaluate import write_samples
+    from .kernels import use_kernels
+
+    options, overrides = _sample_options(args.overrides)
+    trained, data = _open_trained(args.path, overrides)
+    with use_kernels(trained.cfg.kernels):
+        for path in write_samples(trained, data, **options):
+            print(f"wrote {path}")
     return 0
 
 
@@ -69,6 +157,14 @@ def _bench(args) -> int:
             )
         print(f"wrote {out} and {out.replace('.csv', '.png')}")
         return 0
+    if args.what == "train":
+        from .bench import train as train_bench
+
+        out = args.out or "bench/train.csv"
+        for r in train_bench.run(out):
+            print(", ".join(f"{k}={v}" for k, v in r.items() if v not in ("", None)))
+        print(f"wrote {out}")
+        return 0
     from .bench import data
 
     out = args.out or "bench/data.csv"
@@ -90,11 +186,44 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="e.g. aef-hpc train model.name=vae train.steps=200; every key is in aef_hpc/config.py",
     )
     commands = parser.add_subparsers(dest="command")
-    train = commands.add_parser("train", help="train a model, then print its test bits/dim and write a sample grid")
+    train = commands.add_parser(
+        "train",
+        help="train a model, then print its test bits/dim and write a sample grid",
+        description="Train a model into a new run folder (run.out_dir/run.name), checkpointing at every validation; "
+        "then evaluate its best checkpoint on the test split. --resume RUN_DIR continues a run from its newest "
+        "complete checkpoint, bit-identical to an uninterrupted run.",
+    )
     train.add_argument("--config", help="YAML file overriding the defaults of aef_hpc.config")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.name=vae train.steps=200")
     train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a trained model's likelihood (and FID) on a split",
+        description="Evaluate a run's best checkpoint (or the checkpoint folder given): exact NLL for partition "
+        "AEFs, importance sampling (eval.num_samples x eval.repeats) otherwise; bits/dim mean ± standard error, "
+        "per-image records and summary under RUN/eval/<checkpoint>-<split>/.",
+    )
+    evaluate.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="runs/NAME or runs/NAME/checkpoints/step-N")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="eval.* and data.* keys, e.g. eval.num_samples=1024"
+    )
+    evaluate.set_defaults(func=_eval)
+
+    sample = commands.add_parser(
+        "sample",
+        help="write sample grids, reconstructions and latent plots of a trained model",
+        description="Write RUN/samples/*.png: samples at a temperature (deviations=true adds sampled decoder "
+        "deviations), reconstructions of test images and, for 2-D latents, the test encodings and a 20x20 "
+        "decoded grid.",
+    )
+    sample.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="runs/NAME or runs/NAME/checkpoints/step-N")
+    sample.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="n=64 temperature=0.85 deviations=true seed=0, config keys"
+    )
+    sample.set_defaults(func=_sample)
 
     shards = commands.add_parser("shards", help="write webdataset tar shards and manifest.json from a source")
     shards.add_argument(
@@ -114,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
     bench.add_argument(
         "what",
-        choices=("data", "kernels"),
-        help="data: shard streaming vs one file per image; kernels: fused ops vs eager vs torch.compile",
+        choices=("data", "kernels", "train"),
+        help="data: shard streaming vs one file per image; kernels: fused ops vs eager vs torch.compile; "
+        "train: steps/s and peak memory of aef-center, aef-linear and vae training steps",
     )
     bench.add_argument("--out", help="CSV file to write (default bench/<what>.csv; kernels also writes a .png plot)")
     bench.add_argument("--images", type=int, default=4096, help="data: images per shape")

@@ -7,6 +7,7 @@ Every op works per sample: inputs are ``[B, ...]``, reductions are over all non-
 accumulated in float32 (float64 for float64 inputs).
 """
 
+from ._rows import acc_dtype, row_sum
 from .affine_coupling import affine_coupling, affine_coupling_inverse, bound_log_scale
 from .decoder_layer import decoder_layer, decoder_layer_inverse, softplus_inverse
 from .dispatch import MODES, check_available, get_kernels, set_kernels, triton_launches, use_kernels
@@ -15,6 +16,8 @@ from .logit import logit_preprocess, logit_preprocess_inverse
 
 __all__ = [
     "MODES",
+    "acc_dtype",
+    "row_sum",
     "affine_coupling",
     "affine_coupling_inverse",
     "bound_log_scale",

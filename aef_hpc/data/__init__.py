@@ -1,7 +1,7 @@
 """Data (floor 3): the embedded digits, tar shards (writing and streaming), dequantization.
 
 Training and evaluation see one interface, implemented by ``TensorSource`` (in memory) and ``ShardSource``
-(webdataset shards): ``image_shape``, ``levels``, ``count(split)``, ``train_epoch(epoch, batch_size)`` yielding
+(webdataset shards): ``image_shape``, ``levels``, ``count(split)``, ``train_epoch(epoch, batch_size, start)`` yielding
 ``Batch(images, skipped)`` and ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``.
 """
 

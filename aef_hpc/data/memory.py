@@ -31,15 +31,16 @@ class TensorSource:
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, self.count("train") // (world_info()[1] * batch_size))
 
-    def train_epoch(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        """Full batches only, the same number on every rank; a rank's share is cycled if it is too small."""
+    def train_epoch(self, epoch: int, batch_size: int, start: int = 0) -> Iterator[Batch]:
+        """Full batches only, the same number on every rank; a rank's share is cycled if it is too small.
+        ``start`` skips the epoch's first batches (a resumed run)."""
         rank, world = world_info()
         n = self.count("train")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
         mine = order[rank::world] if rank < n else order[rank % n : rank % n + 1]
         needed = self.batches_per_epoch(batch_size) * batch_size
         mine = mine.repeat(-(-needed // len(mine)))[:needed]
-        for chunk in mine.split(batch_size):
+        for chunk in mine.split(batch_size)[start:]:
             yield Batch(self.splits.train[chunk])
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:

@@ -3,8 +3,10 @@
 Training (``train_epoch``): each epoch a permutation of the shards seeded by ``(seed, epoch)`` is dealt to
 ranks, then to workers; every worker cycles through its shards and shuffles samples in a buffer seeded by
 ``(seed, epoch, rank, worker)``. Each rank yields exactly ``floor(N_train / (world * batch))`` batches per epoch,
-so no rank runs dry and hangs a collective. Restarting at epoch ``e`` reproduces epoch ``e``'s order; a position
-inside an epoch is not restored (the epoch restarts). Bad samples and truncated shards are skipped with a
+so no rank runs dry and hangs a collective. ``train_epoch(e, batch, start)`` reproduces epoch ``e`` from its batch
+``start`` on (a resumed run): the loader's workers take batches round-robin, so worker ``w`` plays the part of
+worker ``(w + start) % W`` of the uninterrupted epoch and first reads past that worker's batches before ``start``.
+Nothing draws from torch's global RNG (the loader has its own seeded generator). Bad samples and truncated shards are skipped with a
 warning and counted in ``Batch.skipped``.
 
 Evaluation (``eval_batches``): shard ``i`` goes to rank ``i % world`` and, within the rank, to one worker, in
@@ -148,12 +150,13 @@ class ShardReader(IterableDataset):
     """
 
     def __init__(self, urls, shards, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000,
-                 world=(0, 1)):
+                 world=(0, 1), start=0):
         super().__init__()
         self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
         self.info = dict(zip(self.urls, shards, strict=True))
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
         self.rank, self.world = world
+        self.start = start
 
     def _train_shards(self, worker: int, workers: int):
         n = len(self.urls)
@@ -210,6 +213,9 @@ class ShardReader(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        fast_forward = 0
+        if self.train:  # resume at batch `start`: this worker continues the stream of worker (worker + start) % W
+            worker, fast_forward = (worker + self.start) % workers, (worker + self.start) // workers
         if self.train:
             handler = _SkipCounter()
             shards = self._train_shards(worker, workers)
@@ -240,7 +246,11 @@ class ShardReader(IterableDataset):
             keys.append(key)
             shard_ids.append(index_of[sample["__url__"]])
             if len(images) == self.batch_size:
-                yield self._collate(images, keys, shard_ids, handler)
+                if fast_forward:  # a batch the interrupted run already trained on
+                    fast_forward -= 1
+                    handler.count = 0
+                else:
+                    yield self._collate(images, keys, shard_ids, handler)
                 images, keys, shard_ids = [], [], []
         if images and not self.train:
             yield self._collate(images, keys, shard_ids, handler)
@@ -284,7 +294,7 @@ class ShardSource:
     def count(self, split: str) -> int:
         return self.manifest.count(split)
 
-    def _loader(self, split, batch_size, train, epoch=0, world=(0, 1)):
+    def _loader(self, split, batch_size, train, epoch=0, world=(0, 1), start=0):
         shards = self.manifest.shards(split)
         reader = ShardReader(
             [self.url_of[s.name] for s in shards],
@@ -296,16 +306,19 @@ class ShardSource:
             epoch,
             self.shuffle_buffer,
             world,
+            start,
         )
-        return DataLoader(reader, batch_size=None, num_workers=self.num_workers)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # not torch's global RNG
+        return DataLoader(reader, batch_size=None, num_workers=self.num_workers, generator=generator)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, self.count("train") // (world_info()[1] * batch_size))
 
-    def train_epoch(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+    def train_epoch(self, epoch: int, batch_size: int, start: int = 0) -> Iterator[Batch]:
+        """Batches ``start, start + 1, ...`` of epoch ``epoch`` (``batches_per_epoch`` in all)."""
         world = world_info()
-        loader = self._loader("train", batch_size, True, epoch, world)
-        for images, skipped in itertools.islice(loader, self.batches_per_epoch(batch_size)):
+        loader = self._loader("train", batch_size, True, epoch, world, start)
+        for images, skipped in itertools.islice(loader, max(0, self.batches_per_epoch(batch_size) - start)):
             yield Batch(images, int(skipped))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:

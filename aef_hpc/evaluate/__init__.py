@@ -1,6 +1,23 @@
-"""Evaluation (floor 4): likelihoods in nats and bits/dim, sample grids."""
+"""Evaluation (floor 4): likelihoods in nats and bits/dim, FID and denoising, sample grids and plots."""
 
+from .evaluation import check_fid_weights, evaluate
 from .grids import save_grid
-from .likelihood import evaluate_batches, mean_loss, negative_log_likelihood
+from .likelihood import mean_loss, per_image_nll
+from .plots import training_curves
+from .restore import Trained, checkpoint_config, resolve_device, restore, restore_checkpoint
+from .sampling import write_samples
 
-__all__ = ["evaluate_batches", "mean_loss", "negative_log_likelihood", "save_grid"]
+__all__ = [
+    "Trained",
+    "check_fid_weights",
+    "checkpoint_config",
+    "evaluate",
+    "mean_loss",
+    "per_image_nll",
+    "resolve_device",
+    "restore",
+    "restore_checkpoint",
+    "save_grid",
+    "training_curves",
+    "write_samples",
+]

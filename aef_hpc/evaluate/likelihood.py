@@ -1,33 +1,70 @@
-"""Per-sample likelihood evaluation over a stream of integer image batches."""
+"""Per-image likelihoods over a stream of integer image batches: exact, or importance-sampled with repeats."""
 
+import itertools
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
 from ..data import dequantize
+from ..models.base import effective_sample_size, log_mean_exp
+
+
+@dataclass
+class PerImage:
+    """Keys, ``-log p(x)`` in nats (float64) and, for importance sampling, the mean effective sample size."""
+
+    keys: list[str]
+    nll: torch.Tensor
+    ess: torch.Tensor | None
+
+
+def limited(batches: Iterable, limit: int | None):
+    """The ``(keys, images)`` batches cut after ``limit`` images in total (all of them for ``None``)."""
+    seen = 0
+    for keys, images in batches:
+        if limit is not None and seen >= limit:
+            return
+        take = len(keys) if limit is None else min(len(keys), limit - seen)
+        seen += take
+        yield list(keys)[:take], images[:take]
 
 
 @torch.no_grad()
-def evaluate_batches(
-    fn, batches: Iterable, levels: int, generator: torch.Generator, device
-) -> tuple[list, torch.Tensor]:
-    """``fn(x) -> [B]`` over dequantized ``(keys, images)`` batches; returns all keys and the ``[N]`` values."""
-    keys, out = [], []
+def per_image_nll(model, batches: Iterable, levels: int, num_samples: int, repeats: int, chunk_size: int,
+                  generator: torch.Generator, device) -> PerImage:
+    """Exact ``-log p(x)`` (partition AEFs) or the mean of ``repeats`` importance-sampling estimates
+    ``-log mean_k w_k`` of ``K = num_samples`` draws (the paper's 20 x 128), ``chunk_size`` draws at a time."""
+    model.eval()
+    keys, nll, ess = [], [], []
     for batch_keys, images in batches:
-        keys += list(batch_keys)
-        out.append(fn(dequantize(images, levels, generator).to(device)).double().cpu())
-    return keys, (torch.cat(out) if out else torch.zeros(0, dtype=torch.float64))
+        keys += batch_keys
+        x = dequantize(images, levels, generator).to(device)
+        if model.exact_likelihood:
+            nll.append(-model.log_prob(x).double().cpu())
+            continue
+        estimates, sizes = [], []
+        for _ in range(repeats):
+            log_w = model.log_importance_weights(x, num_samples, chunk_size, generator).double()
+            estimates.append(log_mean_exp(log_w))
+            sizes.append(effective_sample_size(log_w))
+        nll.append(-torch.stack(estimates).mean(0).cpu())
+        ess.append(torch.stack(sizes).mean(0).cpu())
+    empty = torch.zeros(0, dtype=torch.float64)
+    return PerImage(keys, torch.cat(nll) if nll else empty, (torch.cat(ess) if ess else empty) if ess else None)
 
 
-def negative_log_likelihood(model, batches, levels, num_samples, chunk_size, generator, device):
-    """``(keys, -log p(x))`` per image in nats: exact for the partition family, importance-sampled otherwise."""
+@torch.no_grad()
+def mean_loss(model, batches: Iterable, levels: int, generator: torch.Generator, device) -> float:
+    """The training objective averaged over every image of ``batches`` (validation), in eval mode."""
     model.eval()
-    return evaluate_batches(
-        lambda x: -model.marginal_log_prob(x, num_samples, chunk_size, generator), batches, levels, generator, device
-    )
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for _, images in batches:
+        total += model.loss(dequantize(images, levels, generator).to(device)).double().sum().cpu()
+        count += len(images)
+    return (total / max(count, 1)).item()
 
 
-def mean_loss(model, batches, levels, generator, device) -> float:
-    """The training objective averaged over ``batches`` (validation), in eval mode."""
-    model.eval()
-    return evaluate_batches(model.loss, batches, levels, generator, device)[1].mean().item()
+def first_images(batches: Iterable, n: int) -> torch.Tensor:
+    """The first ``n`` integer images of ``(keys, images)`` batches, ``[n', C, H, W]`` with ``n' <= n``."""
+    return torch.cat([images for _, images in itertools.islice(limited(batches, n), None)])

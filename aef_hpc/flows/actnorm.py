@@ -8,6 +8,7 @@ normalised; the ``initialized`` buffer saves that state with the weights.
 import torch
 from torch import nn
 
+from ..kernels import acc_dtype
 from .base import Bijection
 
 EPS = 1e-5
@@ -41,8 +42,8 @@ class ActNorm(Bijection):
 
     def _logdet(self, x: torch.Tensor) -> torch.Tensor:
         per_channel = x[0].numel() // self.num_channels
-        value = -per_channel * torch.log(self.log_scale.exp() + EPS).sum()
-        return value.to(x.dtype).expand(x.shape[0])
+        log_scale = self.log_scale.to(acc_dtype(x))
+        return (-per_channel * torch.log(log_scale.exp() + EPS).sum()).expand(x.shape[0])
 
     def forward(self, x):
         if self.training and not bool(self.initialized):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from ..kernels import row_sum
 from .actnorm import ActNorm
 from .base import Bijection, Composite, Identity, Inverse
 from .made import ResidualMADE
@@ -30,14 +31,14 @@ class MaskedAffineAutoregressive(Bijection):
 
     def forward(self, x):
         scale, shift = self._scale_shift(x)
-        return x * scale + shift, scale.log().sum(dim=1)
+        return x * scale + shift, row_sum(scale.log())
 
     def inverse(self, y):
         x = torch.zeros_like(y)
         for _ in range(y.shape[1]):
             scale, shift = self._scale_shift(x)
             x = (y - shift) / scale
-        return x, -scale.log().sum(dim=1)
+        return x, -row_sum(scale.log())
 
 
 def masked_autoregressive_stack(features: int, hidden: int = 256, num_layers: int = 4, num_blocks: int = 2):

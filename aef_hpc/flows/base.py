@@ -9,6 +9,13 @@ Every bijection is an ``nn.Module`` with ``forward(x) -> (y, logdet)`` in the *d
 import torch
 from torch import nn
 
+from ..kernels import acc_dtype
+
+
+def zero_logdet(x: torch.Tensor) -> torch.Tensor:
+    """A ``[B]`` zero log-det in the accumulation dtype of ``x`` (float32 for bf16/fp16/fp32, float64 for float64)."""
+    return torch.zeros(x.shape[0], dtype=acc_dtype(x), device=x.device)
+
 
 class Bijection(nn.Module):
     """Base class: subclasses implement ``forward`` and ``inverse`` as described in the module doc."""
@@ -24,10 +31,10 @@ class Identity(Bijection):
     """``y = x`` with log-det 0 (the ``none`` flow)."""
 
     def forward(self, x):
-        return x, x.new_zeros(x.shape[0])
+        return x, zero_logdet(x)
 
     def inverse(self, y):
-        return y, y.new_zeros(y.shape[0])
+        return y, zero_logdet(y)
 
 
 class Composite(Bijection):
@@ -38,14 +45,14 @@ class Composite(Bijection):
         self.parts = nn.ModuleList(parts)
 
     def forward(self, x):
-        total = x.new_zeros(x.shape[0])
+        total = zero_logdet(x)
         for part in self.parts:
             x, logdet = part(x)
             total = total + logdet
         return x, total
 
     def inverse(self, y):
-        total = y.new_zeros(y.shape[0])
+        total = zero_logdet(y)
         for part in reversed(self.parts):
             y, logdet = part.inverse(y)
             total = total + logdet

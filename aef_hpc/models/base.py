@@ -30,7 +30,7 @@ class Embedding(NamedTuple):
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """Sum of ``log N(z_i; 0, 1)`` over all non-batch dims."""
-    return (-0.5 * z.square() - _HALF_LOG_2PI).flatten(1).sum(dim=1)
+    return kernels.row_sum(-0.5 * z.square() - _HALF_LOG_2PI)
 
 
 def tile(tensors, k: int) -> list[torch.Tensor]:
@@ -38,27 +38,34 @@ def tile(tensors, k: int) -> list[torch.Tensor]:
     return [t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:]) for t in tensors]
 
 
-def importance_sampling(
+def importance_log_weights(
     log_weights: Callable[[torch.Tensor], torch.Tensor],
     noise_shape: tuple[int, ...],
     num_samples: int,
     chunk_size: int,
     generator: torch.Generator | None,
     like: torch.Tensor,
-    subtract_log_k: bool = True,
 ) -> torch.Tensor:
-    r""":math:`\log\frac1K\sum_k w_k` from ``log_weights(noise[k, B, ...]) -> [k, B]``, ``chunk_size`` at a time.
-
-    All ``K`` noise draws are made first, so the estimate does not depend on ``chunk_size``.
-    ``subtract_log_k=False`` reproduces the reference code's missing ``-log K`` (for parity only).
-    """
+    """``[K, B]`` log-weights ``log p(x, w_k) - log q(w_k | x)`` from ``log_weights(noise[k, B, ...]) -> [k, B]``,
+    ``chunk_size`` draws at a time. All ``K`` noise draws are made first, so nothing depends on ``chunk_size``."""
     if num_samples < 1 or chunk_size < 1:
         raise ModelError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be at least 1")
     device = generator.device if generator is not None else like.device
     noise = torch.randn(num_samples, *noise_shape, generator=generator, device=device).to(like)
-    log_w = torch.cat([log_weights(noise[i : i + chunk_size]) for i in range(0, num_samples, chunk_size)])
+    return torch.cat([log_weights(noise[i : i + chunk_size]) for i in range(0, num_samples, chunk_size)])
+
+
+def log_mean_exp(log_w: torch.Tensor, subtract_log_k: bool = True) -> torch.Tensor:
+    r""":math:`\log\frac1K\sum_k w_k` over dim 0; ``subtract_log_k=False`` reproduces the reference code's
+    missing ``-log K`` (for parity only)."""
     estimate = torch.logsumexp(log_w, dim=0)
-    return estimate - math.log(num_samples) if subtract_log_k else estimate
+    return estimate - math.log(log_w.shape[0]) if subtract_log_k else estimate
+
+
+def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
+    r"""Kish's :math:`(\sum_k w_k)^2 / \sum_k w_k^2` per column of ``[K, B]`` log-weights: 1 (one weight
+    dominates, an unreliable estimate) to K (equal weights)."""
+    return torch.exp(2 * torch.logsumexp(log_w, dim=0) - torch.logsumexp(2 * log_w, dim=0))
 
 
 class GenerativeAutoencoder(nn.Module):
@@ -66,6 +73,8 @@ class GenerativeAutoencoder(nn.Module):
 
     #: what ``loss`` computes, used as its name in logs
     loss_name = "loss"
+    #: whether ``log_prob`` is exact (partition family) or ``log_importance_weights`` estimates it
+    exact_likelihood = False
     #: epsilon added to every predicted scale
     eps = 1e-5
 
@@ -119,8 +128,14 @@ class GenerativeAutoencoder(nn.Module):
             f"{type(self).__name__} has no exact log-likelihood: use marginal_log_prob (importance sampling)"
         )
 
-    def marginal_log_prob(self, x, num_samples: int = 128, chunk_size: int = 32, generator=None):  # pragma: no cover
-        raise NotImplementedError
+    def log_importance_weights(self, x, num_samples: int = 128, chunk_size: int = 32, generator=None):
+        """``[K, B]`` importance log-weights of ``log p(x)`` (models without an exact likelihood)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def marginal_log_prob(self, x, num_samples: int = 128, chunk_size: int = 32, generator=None):
+        """Importance-sampling estimate ``log mean_k w_k`` with ``K = num_samples``, memory bounded by
+        ``chunk_size``; exact models return the exact value."""
+        return log_mean_exp(self.log_importance_weights(x, num_samples, chunk_size, generator))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

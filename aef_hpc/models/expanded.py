@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .aef import AutoencoderWithinFlow
-from .base import Embedding, importance_sampling, standard_normal_log_prob, tile
+from .base import Embedding, importance_log_weights, log_mean_exp, standard_normal_log_prob, tile
 
 
 class ExpandedAEF(AutoencoderWithinFlow):
@@ -54,6 +54,11 @@ class ExpandedAEF(AutoencoderWithinFlow):
         self, x, num_samples=128, chunk_size=32, generator=None, proposal_std=None, subtract_log_k=True
     ):
         """Importance-sampling estimate of ``log p(x)`` with ``K = num_samples`` and ``- log K``."""
+        log_w = self.log_importance_weights(x, num_samples, chunk_size, generator, proposal_std)
+        return log_mean_exp(log_w, subtract_log_k)
+
+    def log_importance_weights(self, x, num_samples=128, chunk_size=32, generator=None, proposal_std=None):
+        """``[K, B]``: ``log p(x, w_k) - log q(w_k | x)`` with ``w_k ~ N(W vec(y) + b, proposal_std^2 I)``."""
         std = float(self.proposal_std if proposal_std is None else proposal_std)
         if not std > 0:
             raise ModelError(f"proposal_std={std} must be positive")
@@ -70,9 +75,7 @@ class ExpandedAEF(AutoencoderWithinFlow):
             )
             return log_p - log_q
 
-        return importance_sampling(
-            log_weights, (batch, self.latent_dim), num_samples, chunk_size, generator, mean, subtract_log_k
-        )
+        return importance_log_weights(log_weights, (batch, self.latent_dim), num_samples, chunk_size, generator, mean)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from .masks import build_mask
 
 class PartitionAEF(AutoencoderWithinFlow):
     loss_name = "nll"
+    exact_likelihood = True
 
     def __init__(self, image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha, mask: str = "center"):
         super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha)

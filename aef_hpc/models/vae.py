@@ -12,7 +12,7 @@ proposal dropped the epsilon, method.md §5.4).
 
 from .. import kernels
 from ..flows import Bijection
-from .base import GenerativeAutoencoder, importance_sampling, standard_normal_log_prob, tile
+from .base import GenerativeAutoencoder, importance_log_weights, standard_normal_log_prob, tile
 
 
 class VAE(GenerativeAutoencoder):
@@ -46,10 +46,10 @@ class VAE(GenerativeAutoencoder):
     def loss(self, x):
         return -self.elbo(x)
 
-    def marginal_log_prob(self, x, num_samples=128, chunk_size=32, generator=None):
-        """``log mean_k w_k`` over ``K = num_samples`` posterior draws, ``chunk_size`` at a time."""
+    def log_importance_weights(self, x, num_samples=128, chunk_size=32, generator=None):
+        """``[K, B]`` log-weights of ``K = num_samples`` posterior draws, ``chunk_size`` at a time."""
         context = self._context(x)
-        return importance_sampling(
+        return importance_log_weights(
             lambda noise: self._log_weights(context, noise),
             (x.shape[0], self.latent_dim),
             num_samples,

@@ -1,6 +1,5 @@
-"""Training (floor 4)."""
+"""Training (floor 4): the loop, its schedule, EMA, progress and run folder."""
 
-from .factory import model_from_config
 from .loop import RunResult, TrainingDiverged, train
 
-__all__ = ["RunResult", "TrainingDiverged", "model_from_config", "train"]
+__all__ = ["RunResult", "TrainingDiverged", "train"]

@@ -1,61 +1,76 @@
-"""The training loop: Adam on the model's objective, validation with best-checkpoint selection, then the
-test likelihood in bits/dim and a PNG grid of samples and reconstructions.
+"""The training loop, top to bottom: data -> model -> engine -> steps (validation and checkpoints on the way)
+-> the final test of the best checkpoint, its sample grid and the training curves.
 
-Usage: ``aef-hpc train [--config FILE] [key=value ...]`` (see ``aef_hpc.config`` for every key).
+Usage: ``aef-hpc train [--config FILE] [key=value ...]`` or ``aef-hpc train --resume RUN_DIR [key=value ...]``.
+A resumed run continues from its newest intact checkpoint and ends bit-identical to an uninterrupted one: the
+checkpoint holds the model, optimizer, schedule, EMA, step, epoch and batch within it, and every RNG state.
 """
 
-import copy
-import csv
-import itertools
-import json
+import contextlib
 import math
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..config import Config, to_yaml
 from ..data import dequantize, open_data
-from ..errors import AEFError, ConfigError, DataError
-from ..evaluate import mean_loss, negative_log_likelihood, save_grid
+from ..engine import Checkpoint, SingleEngine, save_checkpoint
+from ..errors import AEFError, DataError
+from ..evaluate import (
+    check_fid_weights,
+    evaluate,
+    mean_loss,
+    resolve_device,
+    restore_checkpoint,
+    training_curves,
+    write_samples,
+)
 from ..kernels import check_available, use_kernels
 from ..metrics import bits_per_dim
-from ..models import ExpandedAEF, select_proposal_std
-from .factory import model_from_config
-from .run_dir import atomic_save, atomic_write_text, fresh_run_dir
+from ..models.from_config import model_from_config
+from .ema import EMA
+from .progress import Progress
+from .run_dir import MetricsLog, new_run_dir, read_metrics, write_env
+from .schedule import build_scheduler
 
 
 class TrainingDiverged(AEFError):
-    """The training objective became NaN or infinite."""
+    """Too many bad steps in a row, or no finite validation."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint (``train_state.pt``) with the RNG states and EMA."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    skipped_samples: int = 0
+    skipped_steps: int = 0
+    skips_in_row: int = 0
+    best_val: float = math.inf
+    best_step: int = 0
+    last_val: dict = field(default_factory=dict)
+    loss_sum: float = 0.0
+    """the objective summed over the steps since the last log line, and their count"""
+    loss_count: int = 0
 
 
 @dataclass
 class RunResult:
     run_dir: Path
     loss_name: str
-    losses: list[float]
     best_val_loss: float
-    test_nll: float
-    """mean negative log-likelihood of a test image, nats"""
-    test_bpd: float
-    grid: Path
+    best_step: int
+    summary: dict
+    eval_dir: Path
+    figures: list[Path]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but no CUDA device is visible: use train.device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
-
-
-def check_data_matches_model(data, cfg: Config) -> None:
-    """The data's image shape and bit depth against the ones the model config expects (if it names them)."""
+def check_data_matches_model(data, cfg: Config) -> Config:
+    """The data's image shape and bit depth against the model config (when set); returns the config with both
+    recorded, so the run folder says what was actually used."""
     expected = cfg.model.image_shape
     if expected is not None and tuple(expected) != tuple(data.image_shape):
         raise DataError(
@@ -67,112 +82,180 @@ def check_data_matches_model(data, cfg: Config) -> None:
     bits = max(1, math.ceil(math.log2(data.levels)))
     if cfg.model.bit_depth is not None and cfg.model.bit_depth != bits:
         raise DataError(f"the data has {data.levels} levels ({bits} bits) but model.bit_depth={cfg.model.bit_depth}")
+    cfg.model.image_shape, cfg.model.bit_depth = list(data.image_shape), bits
+    return cfg
 
 
-def training_batches(data, batch_size: int):
-    """``(epoch, Batch)`` forever, epoch after epoch."""
-    for epoch in itertools.count():
-        for batch in data.train_epoch(epoch, batch_size):
-            yield epoch, batch
+def training_batches(data, batch_size: int, epoch: int, start: int):
+    """``(epoch, index, Batch)`` forever, from batch ``start`` of ``epoch`` on."""
+    while True:
+        if start >= data.batches_per_epoch(batch_size):
+            epoch, start = epoch + 1, 0
+            continue
+        for index, batch in enumerate(data.train_epoch(epoch, batch_size, start), start):
+            yield epoch, index, batch
+        epoch, start = epoch + 1, 0
 
 
-def train(cfg: Config, progress: bool = True) -> RunResult:
+def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Denoising data (method.md §4.3): ``clamp(x + N(0, std^2), 0, 1)``."""
+    noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x)
+    return (x + std * noise).clamp(0, 1)
+
+
+def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult:
     with use_kernels(cfg.kernels):
-        return _train(cfg, progress)
+        return _train(cfg, progress, resume)
 
 
-def _train(cfg: Config, progress: bool) -> RunResult:
-    torch.manual_seed(cfg.train.seed)
+def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
+    # -- everything that can be wrong with the input fails here, before a file is written ----------------------
     device = resolve_device(cfg.train.device)
     check_available(cfg.kernels, device)
-    d = cfg.data
-    data = open_data(
-        d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
-    )
-    check_data_matches_model(data, cfg)
+    check_fid_weights(cfg.eval.fid_weights)
+    d, t = cfg.data, cfg.train
+    data = open_data(d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers,
+                     d.shuffle_buffer)
+    cfg = check_data_matches_model(data, cfg)
+    torch.manual_seed(t.seed)
     model = model_from_config(cfg.model, data.image_shape).to(device)
-    run_dir = fresh_run_dir(cfg.run.out_dir, cfg.run.name)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    engine = SingleEngine(model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate,
+                          t.skip_threshold, t.compile)
+    ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
+    dequant_gen = torch.Generator().manual_seed(t.seed + 1)
+    state = TrainState()
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    data_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    # -- a new run folder, or the state of the run being resumed ---------------------------------------------------
+    if resume is None:
+        run_dir = new_run_dir(cfg)
+    else:
+        run_dir = resume.run_dir
+        engine.load(resume.path)
+        state = _load_train_state(resume.path, ema, dequant_gen, device)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_env(run_dir, device, world_size=1, resumed_from=None if resume is None else state.step)
+    log = MetricsLog(run_dir, None if resume is None else state.step)
+
+    def checkpoint(best: bool) -> None:
+        state.loss_sum, state.loss_count = running.item(), counted
+
+        def write(folder: Path) -> None:
+            engine.save(folder)
+            torch.save(_train_state_dict(state, ema, dequant_gen, device), folder / "train_state.pt")
+            (folder / "config.yaml").write_text(to_yaml(cfg))
+        meta = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "engine": engine.name,
+                "world_size": 1, "model": cfg.model.name, "validation": state.last_val or None}
+        save_checkpoint(run_dir, state.step, write, meta, cfg.run.keep_last, best)
+
+    # -- the steps ------------------------------------------------------------------------------------------------
     eval_gen = lambda: torch.Generator().manual_seed(cfg.eval.seed)  # noqa: E731  same noise at every validation
-    batches = training_batches(data, cfg.train.batch_size)
-    losses, best_val, best_state, skipped = [], math.inf, None, 0
-
-    with open(run_dir / "metrics.csv", "w", newline="") as handle:
-        log = csv.writer(handle)
-        log.writerow(["step", "split", "metric", "value"])
-        bar = tqdm(
-            range(1, cfg.train.steps + 1),
-            desc=f"train {cfg.model.name}",
-            disable=not progress,
-            mininterval=0.5 if sys.stderr.isatty() else 10.0,
-            dynamic_ncols=True,
-        )
-        for step in bar:
+    batches = training_batches(data, t.batch_size, state.epoch, state.batch_in_epoch)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    objective = model.loss_name
+    bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress, t.progress_every)
+    running, counted = torch.tensor(state.loss_sum, device=device), state.loss_count
+    try:
+        for step in range(state.step + 1, t.steps + 1):
             model.train()
-            epoch, batch = next(batches)
-            skipped += batch.skipped
-            x = dequantize(batch.images, data.levels, data_gen).to(device)
-            loss = model.loss(x).mean()
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{model.loss_name} became {loss.item()} at step {step}: lower train.lr or train.grad_clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix({model.loss_name: f"{losses[-1]:.2f}"})
-            if step % cfg.train.log_every == 0:
-                log.writerow([step, "train", model.loss_name, losses[-1]])
-                log.writerow([step, "train", "epoch", epoch])
-                log.writerow([step, "train", "skipped_samples", skipped])
-            if step % cfg.train.val_every == 0 or step == cfg.train.steps:
-                val = mean_loss(model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device)
-                log.writerow([step, "val", model.loss_name, val])
-                handle.flush()
-                if val < best_val:
-                    best_val, best_state = val, copy.deepcopy(model.state_dict())
+            for _ in range(t.accumulate):
+                epoch, index, batch = next(batches)
+                state.skipped_samples += batch.skipped
+                x = dequantize(batch.images, data.levels, dequant_gen).to(device)
+                if d.noise_std > 0:
+                    x = add_noise(x, d.noise_std, dequant_gen)
+                with autocast:
+                    loss = engine.loss(x).mean()
+                result = engine.backward_and_step(loss)
+            state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
+            if result.stepped:
+                state.skips_in_row = 0
+                running, counted = running + loss.detach(), counted + 1
+                if ema is not None:
+                    ema.update()
+            else:
+                state.skipped_steps += 1
+                state.skips_in_row += 1
+                log.log(step, "train", "skipped_step_grad_norm", result.grad_norm.item())
+                if state.skips_in_row >= t.max_skips:
+                    raise TrainingDiverged(
+                        f"{state.skips_in_row} steps in a row were skipped (loss or gradient norm not finite or "
+                        f"above train.skip_threshold={t.skip_threshold}) at step {step}: lower train.lr or raise "
+                        f"train.skip_threshold; the last good checkpoint is in {run_dir / 'checkpoints'}"
+                    )
+            if step % t.log_every == 0 and counted:
+                value = (running / counted).item()  # a host synchronisation, every log_every steps only
+                running, counted = torch.zeros((), device=device), 0
+                log.log(step, "train", objective, value)
+                log.log(step, "train", "lr", optimizer.param_groups[0]["lr"])
+                log.log(step, "train", "epoch", epoch)
+                log.log(step, "train", "skipped_samples", state.skipped_samples)
+                log.log(step, "train", "skipped_steps", state.skipped_steps)
+                shown = {objective: f"{value:.2f}"}
+                if objective in ("nll", "neg_elbo", "neg_iwae_bound"):
+                    shown["bpd"] = f"{bits_per_dim(value, model.num_dims, data.levels):.3f}"
+                bar.show(**shown)
+            validate = step % t.val_every == 0 or step == t.steps
+            if validate:
+                with ema.applied() if ema is not None else contextlib.nullcontext():
+                    val = mean_loss(model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(),
+                                    device)
+                log.log(step, "val", objective, val)
+                state.last_val = {objective: val}
+                bar.show(val=f"{val:.2f}")
+                best = math.isfinite(val) and val < state.best_val
+                if best:
+                    state.best_val, state.best_step = val, step
+                checkpoint(best)
+                log.flush()
+            elif t.checkpoint_every and step % t.checkpoint_every == 0:
+                checkpoint(best=False)
+                log.flush()
+            bar.step(step)
+            if validate and t.patience and step - state.best_step >= t.patience and step < t.steps:
+                log.log(step, "train", "early_stop", 1)
+                break
+    finally:
+        bar.close()
+        log.close()
 
-    model.load_state_dict(best_state)
-    atomic_save({"model": best_state, "config": to_yaml(cfg)}, run_dir / "model.pt")
-    return evaluate_run(model, cfg, data, run_dir, device, losses, best_val, skipped)
-
-
-def evaluate_run(model, cfg: Config, data, run_dir: Path, device, losses, best_val, skipped=0) -> RunResult:
-    """Test NLL (exact or importance-sampled) in nats and bits/dim, per-sample records, and the PNG grid."""
-    model.eval()
-    summary = {"loss_name": model.loss_name, "best_val_loss": best_val, "skipped_samples": skipped}
-    if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:
-        gen = torch.Generator().manual_seed(cfg.eval.seed)
-        val = [dequantize(b, data.levels, gen).to(device) for _, b in data.eval_batches("val", cfg.eval.batch_size)]
-        summary["proposal_std"], _ = select_proposal_std(
-            model, val, num_samples=64, chunk_size=cfg.eval.chunk_size, generator=gen
+    if not math.isfinite(state.best_val):
+        raise TrainingDiverged(
+            f"every validation of {objective} was non-finite (last: {state.last_val.get(objective)}): no best "
+            "checkpoint to evaluate; lower train.lr, set train.skip_threshold, or check the data"
         )
-    gen = torch.Generator().manual_seed(cfg.eval.seed)
-    test = data.eval_batches("test", cfg.eval.batch_size)
-    keys, nll = negative_log_likelihood(
-        model, test, data.levels, cfg.eval.num_samples, cfg.eval.chunk_size, gen, device
-    )
-    summary["test_nll"] = nll.mean().item()
-    summary["test_bpd"] = bits_per_dim(summary["test_nll"], model.num_dims, data.levels)
-    summary["levels"] = data.levels
-    (run_dir / "eval").mkdir(exist_ok=True)
-    atomic_write_text(
-        run_dir / "eval" / "test_nll.csv",
-        "key,nll_nats\n" + "".join(f"{k},{v}\n" for k, v in zip(keys, nll.tolist(), strict=True)),
-    )
-    atomic_write_text(run_dir / "eval" / "summary.json", json.dumps(summary, indent=2))
+    return finish(run_dir, cfg, data)
 
-    with torch.no_grad():
-        samples = model.sample(
-            cfg.eval.grid_samples, cfg.eval.temperature, torch.Generator().manual_seed(cfg.eval.seed)
-        )
-        originals = dequantize(next(iter(data.eval_batches("test", 16)))[1], data.levels, gen).to(device)
-        recon = model.decode(model.encode(originals))
-    rows = list(samples.split(16)) + [originals, recon]
-    grid = save_grid(rows, run_dir / "samples" / "samples_and_reconstructions.png")
-    return RunResult(run_dir, model.loss_name, losses, best_val, summary["test_nll"], summary["test_bpd"], grid)
+
+def finish(run_dir: Path, cfg: Config, data) -> RunResult:
+    """The best checkpoint's test evaluation, sample grid and the training curves: the same code as
+    ``aef-hpc eval`` and ``aef-hpc sample``, so those reproduce these numbers."""
+    from ..engine import open_checkpoint
+
+    trained = restore_checkpoint(open_checkpoint(run_dir), cfg)
+    summary, eval_dir = evaluate(trained, data)
+    figures = write_samples(trained, data, cfg.eval.grid_samples, cfg.eval.temperature, seed=cfg.eval.seed)
+    figures.append(training_curves(read_metrics(run_dir), trained.model.loss_name, trained.model.num_dims,
+                                   data.levels, run_dir / "samples" / "curves.png"))
+    best_val = trained.checkpoint.meta["validation"][trained.model.loss_name]
+    return RunResult(run_dir, trained.model.loss_name, best_val, trained.checkpoint.step, summary, eval_dir, figures)
+
+
+def _train_state_dict(state: TrainState, ema, dequant_gen, device) -> dict:
+    rng = {"torch": torch.get_rng_state(), "dequantization": dequant_gen.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {**vars(state), "rng": rng, "ema": None if ema is None else ema.state_dict()}
+
+
+def _load_train_state(folder: Path, ema, dequant_gen, device) -> TrainState:
+    saved = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
+    rng = saved.pop("rng")
+    ema_state = saved.pop("ema")
+    torch.set_rng_state(rng["torch"])
+    dequant_gen.set_state(rng["dequantization"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    if ema is not None:
+        ema.load_state_dict(ema_state)
+    return TrainState(**saved)

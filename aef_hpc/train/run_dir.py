@@ -1,30 +1,119 @@
-"""The run folder ``out_dir/name/``: created fresh (a suffix is added rather than overwrite an old run)."""
+"""The run folder ``out_dir/name/`` (design.md, Runs): creation, ``env.json``, and the metrics log.
 
+A run folder is created once and never written into again except by ``aef-hpc train --resume``. Metrics go to
+``metrics.csv`` (``step, split, metric, value``) and to TensorBoard (``tensorboard/``); a resumed run first
+drops every row and event after its checkpoint's step, so the log reads as one uninterrupted run.
+"""
+
+import csv
+import datetime
+import importlib.metadata
+import json
 import os
+import platform
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
+from ..config import Config
+from ..engine.checkpoint import write_atomic
+from ..errors import ConfigError
 
-def fresh_run_dir(out_dir: str, name: str) -> Path:
-    """``out_dir/name``, or ``out_dir/name-2``, ``-3``, ... if that exists and is not empty."""
-    base = Path(out_dir)
-    candidate, n = base / name, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = base / f"{name}-{n}"
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+PACKAGES = ("torch", "numpy", "triton", "omegaconf", "webdataset", "deepspeed", "mpi4py", "tensorboard")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def new_run_dir(cfg: Config) -> Path:
+    """Create ``out_dir/name`` (``name`` defaults to ``<model>-<date>-<time>``); an existing folder is an error."""
+    name = cfg.run.name or f"{cfg.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    path = Path(cfg.run.out_dir) / name
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run.out_dir/run.name: {path} is a file, not a folder: choose another run.name")
+    if path.exists() and any(path.iterdir()):
+        raise ConfigError(
+            f"run folder {path} exists: continue it with `aef-hpc train --resume {path}` or choose another run.name"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: cannot create {path} ({exc.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {path} is not writable")
+    return path
 
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a reader never sees a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def write_env(run_dir: Path, device: torch.device, world_size: int, resumed_from: int | None) -> None:
+    """Append this start's environment to ``env.json`` (a list: the first start, then one entry per resume)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    entry = {
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from_step": resumed_from,
+        "command": sys.argv,
+        "git_revision": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "packages": {p: _version(p) for p in PACKAGES},
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "world_size": world_size,
+        "host": socket.gethostname(),
+    }
+    path = run_dir / "env.json"
+    entries = json.loads(path.read_text()) if path.exists() else []
+    write_atomic(path, json.dumps([*entries, entry], indent=2))
+
+
+class MetricsLog:
+    """``metrics.csv`` plus TensorBoard scalars; ``resume_step`` drops what was logged after that step."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "metrics.csv"
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as handle:
+                rows = [r for r in csv.reader(handle)][1:]
+            kept = [r for r in rows if len(r) == 4 and r[0].isdigit() and int(r[0]) <= resume_step]
+            write_atomic(self.path, "".join(",".join(r) + "\n" for r in [["step", "split", "metric", "value"], *kept]))
+        fresh = not self.path.exists()
+        self.handle = open(self.path, "a", newline="")
+        self.csv = csv.writer(self.handle)
+        if fresh:
+            self.csv.writerow(["step", "split", "metric", "value"])
+        purge = None if resume_step is None else resume_step + 1
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+
+    def log(self, step: int, split: str, metric: str, value: float) -> None:
+        self.csv.writerow([step, split, metric, value])
+        self.tensorboard.add_scalar(f"{split}/{metric}", value, step)
+
+    def flush(self) -> None:
+        self.handle.flush()
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        self.tensorboard.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))

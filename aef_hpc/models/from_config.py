@@ -1,7 +1,7 @@
-"""Builds a model from the ``model`` section of the config."""
+"""Builds a model from the ``model`` section of the config (floor 0 config -> floor 2 model)."""
 
 from ..config import ModelConfig
-from ..models import GenerativeAutoencoder, build_model
+from . import GenerativeAutoencoder, build_model
 
 
 def model_from_config(cfg: ModelConfig, image_shape) -> GenerativeAutoencoder:

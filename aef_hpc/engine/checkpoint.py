@@ -1,0 +1,197 @@
+"""Checkpoint folders that count only when complete (torchtitan's rule, Lightning's atomic write).
+
+``RUN/checkpoints/step-NNNNNN/`` is written as ``.step-NNNNNN.tmp/``: every file is fsynced, ``meta.json`` (the
+size and sha256 of every other file) is written last, the folder is renamed, and only then do the ``latest``
+(and ``best``) pointer files change, each by an atomic rename. A folder without ``meta.json`` is never loaded;
+one whose files differ from ``meta.json`` (cut by a kill, a full disk) is skipped with a warning naming it.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+FORMAT = "aef_hpc-checkpoint"
+VERSION = 1
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, fsync it, rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Checkpoint:
+    """A complete checkpoint folder and its ``meta.json``."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent.parent
+
+    def verify(self) -> None:
+        """Raise ``CheckpointError`` unless every file has the size and sha256 that ``meta.json`` records."""
+        for name, info in self.meta["files"].items():
+            file = self.path / name
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint {self.path}: {name} is missing")
+            if file.stat().st_size != info["bytes"] or _sha256(file) != info["sha256"]:
+                raise CheckpointError(f"checkpoint {self.path}: {name} is truncated or modified")
+
+
+def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], meta: dict, keep_last: int,
+                    best: bool = False) -> Checkpoint:
+    """Write a checkpoint of ``step`` with ``write(folder)``, commit it, move the pointers, prune old ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = step_name(step)
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write(tmp)
+    files = {}
+    for file in sorted(tmp.iterdir()):
+        _fsync(file)
+        files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    meta = {"format": FORMAT, "version": VERSION, "step": step, **meta, "files": files,
+            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    write_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
+    _fsync(tmp)
+    final = root / name
+    if final.exists():  # a checkpoint of this step from an abandoned attempt: the new one replaces it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    write_atomic(root / "latest", name + "\n")
+    if best:
+        write_atomic(root / "best", name + "\n")
+    _prune(root, keep_last)
+    return Checkpoint(final, meta)
+
+
+def _pointer(root: Path, name: str) -> str | None:
+    try:
+        return (root / name).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` complete checkpoints and the best one; remove the rest and stale temps."""
+    keep = {c.path.name for c in _complete(root)[:keep_last]} | {_pointer(root, "best")}
+    for path in root.iterdir():
+        stale = path.name.startswith(".") and path.name.endswith(".tmp")
+        if (path.is_dir() and _STEP.match(path.name) and path.name not in keep) or stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT and "files" in meta else None
+
+
+def _complete(root: Path) -> list[Checkpoint]:
+    """Folders ``step-N`` with a readable ``meta.json`` of ours, newest first (not verified)."""
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_dir() and _STEP.match(path.name) and (meta := _read_meta(path)) is not None:
+                found.append(Checkpoint(path, meta))
+    return sorted(found, key=lambda c: c.step, reverse=True)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    return _complete(Path(run_dir) / "checkpoints")
+
+
+def _first_intact(candidates: list[Checkpoint]) -> Checkpoint | None:
+    for candidate in candidates:
+        try:
+            candidate.verify()
+            return candidate
+        except CheckpointError as exc:
+            warnings.warn(f"skipping {exc}; using an older checkpoint", stacklevel=3)
+    return None
+
+
+def find_resumable(run_dir: str | Path) -> Checkpoint:
+    """The newest intact checkpoint of a run folder, or one ``CheckpointError`` line saying why there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"--resume {run_dir}: no such run folder")
+    found = _first_intact(complete_checkpoints(run_dir))
+    if found is None:
+        raise CheckpointError(
+            f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (one is written at every "
+            "validation): start a new run instead"
+        )
+    return found
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """A run folder (its best checkpoint, else its newest intact one) or one checkpoint folder, verified."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give a run folder (runs/NAME) or a checkpoint folder")
+    if path.is_file():
+        raise CheckpointError(
+            f"{path} is a file, not an aef_hpc run folder or checkpoint folder (runs/NAME/checkpoints/step-N)"
+        )
+    if (path / "meta.json").exists():
+        meta = _read_meta(path)
+        if meta is None:
+            raise CheckpointError(f"{path}/meta.json is not an aef_hpc checkpoint's: give a run or checkpoint folder")
+        checkpoint = Checkpoint(path, meta)
+        checkpoint.verify()
+        return checkpoint
+    root = path / "checkpoints"
+    best = _pointer(root, "best")
+    candidates = complete_checkpoints(path)
+    if best is not None:
+        candidates = [c for c in candidates if c.path.name == best] + [c for c in candidates if c.path.name != best]
+    found = _first_intact(candidates)
+    if found is None:
+        raise CheckpointError(f"{path} holds no complete aef_hpc checkpoint (expected {root}/step-N/meta.json)")
+    return found

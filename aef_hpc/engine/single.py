@@ -1,0 +1,96 @@
+"""The single-process engine: Adam (or any optimizer), an LR schedule, gradient accumulation, clipping and the
+skipping of bad steps.
+
+A step is skipped (no parameter change) when its loss or gradient norm is not finite, or the norm exceeds
+``skip_threshold`` (VDVAE's rule). The decision costs one host synchronisation per optimizer step: the three
+checks are fused into one boolean before it is read.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+ENGINE_FILES = ("model.pt", "optimizer.pt")
+
+
+@dataclass
+class StepResult:
+    """The outcome of one optimizer step: whether it was taken, and the gradient norm before clipping."""
+
+    stepped: bool
+    grad_norm: torch.Tensor
+
+
+class SingleEngine:
+    """Drives one model in one process; ``backward_and_step`` returns ``None`` between accumulation boundaries."""
+
+    name = "single"
+
+    def __init__(self, model, optimizer, scheduler, grad_clip: float, accumulate: int = 1, skip_threshold=None,
+                 compile: bool = False):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.grad_clip, self.accumulate = grad_clip, accumulate
+        self.skip_threshold = math.inf if skip_threshold is None else skip_threshold
+        self._loss = torch.compile(model.loss) if compile else model.loss
+        self._micro, self._loss_sum = 0, None
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-sample training objective ``[B]`` of the wrapped model."""
+        return self._loss(x)
+
+    def backward_and_step(self, loss: torch.Tensor) -> StepResult | None:
+        """Accumulate ``loss / accumulate``; at a boundary clip, check, and step (or skip) the optimizer."""
+        (loss / self.accumulate).backward()
+        self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
+        self._micro += 1
+        if self._micro % self.accumulate:
+            return None
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        ok = torch.isfinite(self._loss_sum) & torch.isfinite(norm) & (norm <= self.skip_threshold)
+        stepped = bool(ok)  # the one host synchronisation of a step
+        if stepped:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._loss_sum = None
+        return StepResult(stepped, norm.detach())
+
+    def unwrap(self) -> torch.nn.Module:
+        return self.model
+
+    def save(self, folder: Path) -> None:
+        """The model's weights and the optimizer and schedule state, as ``model.pt`` and ``optimizer.pt``."""
+        torch.save(self.model.state_dict(), folder / "model.pt")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   folder / "optimizer.pt")
+
+    def load(self, folder: Path) -> None:
+        load_model_weights(self.model, folder / "model.pt")
+        state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def load_model_weights(model: torch.nn.Module, path: Path, state: dict | None = None) -> None:
+    """Load ``path`` (or an already loaded ``state``) into ``model``; a mismatch is one ``CheckpointError`` line."""
+    if state is None:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path} holds the weights of another model ({len(missing)} tensors missing, e.g. "
+            f"{(missing or ['-'])[0]}; {len(extra)} unexpected, e.g. {(extra or ['-'])[0]}): check model.name"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(value.shape)} but the model's is {list(own[key].shape)}: the "
+                "checkpoint belongs to another latent size, architecture or image shape"
+            )
+    model.load_state_dict(state)

@@ -1,0 +1,148 @@
+"""``aef-hpc eval``: the likelihood of a split in nats and bits/dim (mean ± standard error), per-image records,
+the effective sample size of importance sampling, and optionally FID and the denoising metrics.
+
+Results go to ``RUN/eval/<checkpoint>-<split>/``: ``records.csv`` (key, nll_nats, bits_per_dim, ess; empty ess
+for exact likelihoods) and ``summary.json``. The training run's final test is this same function on its best
+checkpoint, so ``aef-hpc eval RUN`` reproduces it exactly.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import dequantize
+from ..engine.checkpoint import write_atomic
+from ..errors import ConfigError
+from ..metrics import bits_per_dim
+from ..models import ExpandedAEF, select_proposal_std
+from .likelihood import first_images, limited, per_image_nll
+from .restore import Trained
+
+
+def check_fid_weights(path: str | None) -> None:
+    """Fail before any work when ``eval.fid_weights`` names no file (never a download)."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(
+            f"eval.fid_weights={path!r} is not a file: give the local pt_inception-2015-12-05 weights "
+            "(pytorch-fid's .pth), or leave eval.fid_weights unset to skip FID"
+        )
+
+
+def proposal_std(trained: Trained, data) -> dict | None:
+    """aef-linear: the proposal std grid-searched on validation images (method.md §1.4), stored in the checkpoint
+    as ``proposal.json`` and reused while the grid, K and image count stay the same. ``None`` for other models
+    or with ``eval.select_proposal_std=false`` (the model's own ``proposal_std`` is used)."""
+    model, e = trained.model, trained.cfg.eval
+    if not isinstance(model, ExpandedAEF) or not e.select_proposal_std:
+        return None
+    path = trained.checkpoint.path / "proposal.json"
+    settings = {"stds": list(e.proposal_stds), "num_samples": e.proposal_num_samples, "images": e.proposal_images,
+                "seed": e.seed, "ema": trained.ema}
+    stored = json.loads(path.read_text()) if path.exists() else None
+    if stored is None or stored.get("settings") != settings:
+        gen = torch.Generator().manual_seed(e.seed)
+        val = [dequantize(images, data.levels, gen).to(trained.device)
+               for _, images in limited(data.eval_batches("val", e.batch_size), e.proposal_images)]
+        best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
+        stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
+        write_atomic(path, json.dumps(stored, indent=2))
+    model.proposal_std.fill_(stored["proposal_std"])
+    return stored
+
+
+def _standard_error(values: torch.Tensor) -> float:
+    return values.std().item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
+def evaluate(trained: Trained, data) -> tuple[dict, Path]:
+    """Evaluate ``trained`` on ``eval.split`` of ``data``; write records and summary; return ``(summary, folder)``."""
+    cfg, model, device = trained.cfg, trained.model, trained.device
+    e = cfg.eval
+    check_fid_weights(e.fid_weights)
+    started = time.monotonic()
+    proposal = proposal_std(trained, data)
+    gen = torch.Generator().manual_seed(e.seed)
+    batches = limited(data.eval_batches(e.split, e.batch_size), e.limit)
+    result = per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, gen, device)
+    bpd = bits_per_dim(result.nll, model.num_dims, data.levels)
+    summary = {
+        "checkpoint": str(trained.checkpoint.path),
+        "step": trained.checkpoint.step,
+        "split": e.split,
+        "objective": model.loss_name,
+        "estimator": "exact" if model.exact_likelihood else "importance sampling",
+        "count": len(result.keys),
+        "nll_nats": result.nll.mean().item(),
+        "nll_nats_se": _standard_error(result.nll),
+        "bits_per_dim": bpd.mean().item(),
+        "bits_per_dim_se": _standard_error(bpd),
+        "levels": data.levels,
+        "ema_weights": trained.ema,
+        "seed": e.seed,
+    }
+    if not model.exact_likelihood:
+        summary.update(num_samples=e.num_samples, repeats=e.repeats, chunk_size=e.chunk_size,
+                       ess_min=result.ess.min().item(), ess_median=result.ess.median().item())
+    if isinstance(model, ExpandedAEF):
+        summary["proposal_std"] = float(model.proposal_std)
+        summary["proposal_std_selected"] = proposal is not None
+    summary.update(_image_metrics(trained, data))
+    summary["seconds"] = round(time.monotonic() - started, 3)
+
+    out = trained.checkpoint.run_dir / "eval" / f"{trained.checkpoint.path.name}-{e.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    ess = result.ess.tolist() if result.ess is not None else [None] * len(result.keys)
+    rows = zip(result.keys, result.nll.tolist(), bpd.tolist(), ess, strict=True)
+    write_atomic(out / "records.csv", "key,nll_nats,bits_per_dim,ess\n" + "".join(
+        f"{k},{n!r},{b!r},{'' if s is None else repr(s)}\n" for k, n, b, s in rows))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary, out
+
+
+@torch.no_grad()
+def _image_metrics(trained: Trained, data) -> dict:
+    """Denoising (with ``data.noise_std``) reconstruction MSE, and FID / IFE when ``eval.fid_weights`` is set."""
+    cfg, model, device = trained.cfg, trained.model, trained.device
+    e, sigma = cfg.eval, cfg.data.noise_std
+    out = {}
+    if sigma == 0 and e.fid_weights is None:
+        return out
+    clean = first_images(data.eval_batches(e.split, e.batch_size), e.fid_samples).to(device).float() / (data.levels - 1)
+    gen = torch.Generator(device=device).manual_seed(e.seed)
+    reconstruct = lambda x: torch.cat([model.decode(model.encode(b)) for b in x.split(e.batch_size)])  # noqa: E731
+    recon = None
+    if sigma > 0:  # method.md §4.3: the raw test image plus noise, clamped; compared with the clean image
+        noisy = (clean + sigma * torch.randn(clean.shape, generator=gen, device=device)).clamp(0, 1)
+        recon = reconstruct(noisy)
+        out["denoise_noise_std"] = sigma
+        out["denoise_mse"] = (recon - clean).square().mean().item()
+        out["reconstruction_mse_clean"] = (reconstruct(clean) - clean).square().mean().item()
+    if e.fid_weights:
+        from .fid import fid, inception_feature_error
+        from .inception import load_inception
+
+        inception = load_inception(e.fid_weights).to(device)
+        fake = _finite_samples(model, len(clean), e.batch_size, gen)
+        out["fid"] = fid(inception, clean, fake, e.batch_size, device)
+        out["fid_samples"] = len(clean)
+        if recon is not None:
+            out["ife"] = inception_feature_error(inception, recon, clean, e.batch_size, device)
+    return out
+
+
+def _finite_samples(model, n: int, batch_size: int, generator, attempts: int = 10) -> torch.Tensor:
+    """``n`` samples at temperature 1 (decoder means, unclamped, as the reference); non-finite rows redrawn."""
+    kept, have = [], 0
+    for _ in range(attempts * max(1, -(-n // batch_size))):
+        if have >= n:
+            break
+        x = model.sample(min(batch_size, n - have), 1.0, generator)
+        x = x[torch.isfinite(x.flatten(1)).all(1)]
+        kept.append(x)
+        have += len(x)
+    if have < n:
+        raise ConfigError(f"the model gave only {have} finite samples of {n} for FID: it has diverged")
+    return torch.cat(kept)[:n]

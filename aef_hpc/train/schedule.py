@@ -1,0 +1,27 @@
+"""Learning-rate schedules as multipliers of ``train.lr`` by optimizer step (``torch.optim.lr_scheduler.LambdaLR``).
+
+``constant``: 1 (after an optional linear warmup). ``cosine``: linear warmup over ``warmup_steps``, then
+``min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 at the last step.
+"""
+
+import functools
+import math
+
+import torch
+
+from ..config import TrainConfig
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg=cfg))

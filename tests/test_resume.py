@@ -1,0 +1,195 @@
+"""Checkpoints and exact resume: a run SIGKILLed at some step and resumed ends bit-identical to an uninterrupted
+one (embedded digits; tar shards read by 2 workers), and only complete, intact checkpoints are ever loaded."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from shard_helpers import digits_shards
+
+from aef_hpc.cli import main
+from aef_hpc.engine import find_resumable, open_checkpoint
+from aef_hpc.errors import CheckpointError
+
+STEPS = 24
+# a small, quick run that exercises every piece of state: EMA, a cosine schedule with warmup, accumulation, a VAE
+# (its loss draws from torch's global RNG), and a checkpoint every 2 steps
+RUN = [
+    f"train.steps={STEPS}",
+    "train.val_every=8",
+    "train.checkpoint_every=2",
+    "train.batch_size=16",
+    "train.accumulate=2",
+    "train.lr_schedule=cosine",
+    "train.warmup_steps=4",
+    "train.ema_rate=0.9",
+    "model.name=vae",
+    "model.architecture=mlp",
+    "model.posterior_flow=iaf",
+    "model.flow_hidden=8",
+    "model.flow_layers=1",
+    "eval.num_samples=2",
+    "eval.repeats=1",
+    "eval.grid_samples=4",
+    "--no-progress",
+]
+
+
+def aef_hpc_exe() -> str:
+    return shutil.which("aef-hpc") or str(Path(sys.executable).with_name("aef-hpc"))
+
+
+def final_state(run: Path) -> dict:
+    folder = run / "checkpoints" / f"step-{STEPS:06d}"
+    state = torch.load(folder / "model.pt", weights_only=True)
+    optimizer = torch.load(folder / "optimizer.pt", weights_only=True)["optimizer"]["state"]
+    ema = torch.load(folder / "train_state.pt", weights_only=True)["ema"]
+    return {**{f"model.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in ema.items()},
+            **{f"adam.{i}.{k}": v for i, s in optimizer.items() for k, v in s.items()}}
+
+
+def kill_after_first_checkpoint(args: list[str], run: Path) -> int:
+    """Start a training run, SIGKILL it as soon as a checkpoint exists; returns the newest complete step."""
+    proc = subprocess.Popen([aef_hpc_exe(), "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list(run.glob("checkpoints/step-*/meta.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    step = find_resumable(run).step
+    assert step < STEPS, "the run finished before it was killed: the test proved nothing"
+    return step
+
+
+def resume(run: Path) -> None:
+    proc = subprocess.run([aef_hpc_exe(), "train", "--resume", str(run), "--no-progress"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("source", ["digits", "shards"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, source):
+    args = [*RUN, f"run.out_dir={tmp_path}"]
+    if source == "shards":
+        digits_shards(tmp_path / "shards", samples_per_shard=200)
+        args += [f"data.path={tmp_path / 'shards'}", "data.num_workers=2", "data.shuffle_buffer=50"]
+    proc = subprocess.run([aef_hpc_exe(), "train", *args, "run.name=whole"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    killed_at = kill_after_first_checkpoint([*args, "run.name=cut"], tmp_path / "cut")
+    resume(tmp_path / "cut")
+    whole, cut = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
+    assert whole.keys() == cut.keys()
+    different = [k for k in whole if not torch.equal(whole[k], cut[k])]
+    assert not different, f"killed at step {killed_at}: {different[:5]} differ"
+    metrics = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    assert metrics == (tmp_path / "whole" / "metrics.csv").read_text().splitlines(), "the log reads as one run"
+
+
+def test_resume_from_every_checkpoint_in_process_is_bit_identical(tmp_path, float32_default):
+    """Resuming from any checkpoint (not just the first one a kill leaves) reaches the same final weights."""
+    args = [*RUN, f"run.out_dir={tmp_path}", "run.keep_last=100"]
+    assert main(["train", *args, "run.name=whole"]) == 0
+    want = final_state(tmp_path / "whole")
+    for step in (2, 10, 22):
+        run = tmp_path / f"from-{step}"
+        shutil.copytree(tmp_path / "whole", run)
+        for folder in (run / "checkpoints").glob("step-*"):
+            if int(folder.name[5:]) > step:
+                shutil.rmtree(folder)
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+        got = final_state(run)
+        assert all(torch.equal(want[k], got[k]) for k in want), f"resumed from step {step}"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    torch.set_default_dtype(torch.float32)
+    try:
+        assert main(["train", f"run.out_dir={out}", "run.name=r", "train.steps=6", "train.val_every=2",
+                     "train.batch_size=16", "model.architecture=mlp", "eval.grid_samples=4", "--no-progress"]) == 0
+    finally:
+        torch.set_default_dtype(torch.float64)
+    return out / "r"
+
+
+def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, finished_run):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    newest = run / "checkpoints" / "step-000006" / "model.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"step-000006.*model.pt is truncated or modified"):
+        assert find_resumable(run).step == 4
+
+
+def test_a_folder_without_meta_json_is_never_loaded(tmp_path, finished_run):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    (run / "checkpoints" / "step-000006" / "meta.json").unlink()
+    assert find_resumable(run).step == 4
+    for folder in (run / "checkpoints").glob("step-*"):
+        (folder / "meta.json").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        find_resumable(run)
+    with pytest.raises(CheckpointError, match="holds no complete aef_hpc checkpoint"):
+        open_checkpoint(run)
+
+
+def test_checkpoint_layout_and_retention(finished_run):
+    root = finished_run / "checkpoints"
+    names = sorted(p.name for p in root.iterdir())
+    assert (root / "latest").read_text().strip() == "step-000006"
+    best = (root / "best").read_text().strip()
+    kept = {"step-000002", "step-000004", "step-000006"}  # keep_last=3 (+ best, one of them)
+    assert set(n for n in names if n.startswith("step-")) == kept | {best}
+    assert not [n for n in names if n.endswith(".tmp")]
+    state = torch.load(root / "step-000006" / "train_state.pt", weights_only=True)
+    assert {"step", "epoch", "batch_in_epoch", "rng", "ema", "best_val"} <= set(state)
+    assert {"torch", "dequantization"} <= set(state["rng"])
+    for name in ("config.yaml", "env.json", "metrics.csv"):
+        assert (finished_run / name).is_file()
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (finished_run / "samples" / "curves.png").is_file()
+
+
+def test_interrupted_checkpoint_write_leaves_nothing_loadable(tmp_path, finished_run):
+    """A kill during a write leaves `.step-N.tmp/`: ignored by resume, removed by the next save."""
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    partial = run / "checkpoints" / ".step-000008.tmp"
+    shutil.copytree(run / "checkpoints" / "step-000006", partial)
+    assert find_resumable(run).step == 6
+    assert main(["train", "--resume", str(run), "train.steps=8", "--no-progress"]) == 0
+    assert not partial.exists() and find_resumable(run).step == 8
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--resume", "{tmp}/nope"], "no such run folder"),
+        (["--resume", "{tmp}/empty"], "no complete checkpoint"),
+        (["--resume", "{run}", "model.latent_dim=3"], "model.latent_dim=3 differs from the checkpoint's 2"),
+        (["--resume", "{run}", "model.architecture=small"], "model.architecture='small' differs"),
+        (["--resume", "{run}", "--config", "configs/digits_vae.yaml"], "--config cannot be combined with --resume"),
+        (["run.out_dir={runs}", "run.name=r"], "exists: continue it with `aef-hpc train --resume"),
+    ],
+)
+def test_bad_resume_requests_are_one_line(tmp_path, finished_run, args, match):
+    (tmp_path / "empty").mkdir()
+    before = sorted(str(p) for p in finished_run.rglob("*"))
+    args = [a.format(tmp=tmp_path, run=finished_run, runs=finished_run.parent) for a in args]
+    proc = subprocess.run([aef_hpc_exe(), "train", *args, "--no-progress"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parent.parent)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr
+    assert sorted(str(p) for p in finished_run.rglob("*")) == before, "nothing written into the run"
