@@ -14,10 +14,14 @@ from aef_hpc.config import load_config
 from aef_hpc.data import load_embedded
 
 FAST = [
+    "run.name=digits",
     "train.steps=12",
     "train.val_every=6",
     "train.batch_size=32",
     "eval.num_samples=4",
+    "eval.repeats=2",
+    "eval.proposal_num_samples=4",
+    "eval.proposal_images=64",
     "eval.grid_samples=16",
     "--no-progress",
 ]
@@ -42,37 +46,33 @@ def test_train_end_to_end(tmp_path, capsys, float32_default, extra):
     out = capsys.readouterr().out
     assert "test bits/dim:" in out
     run = tmp_path / "digits"
-    summary = json.loads((run / "eval" / "summary.json").read_text())
-    assert 0 < summary["test_bpd"] < 10 and summary["levels"] == 17
-    assert f"{summary['test_bpd']:.4f}" in out
+    best = (run / "checkpoints" / "best").read_text().strip()
+    summary = json.loads((run / "eval" / f"{best}-test" / "summary.json").read_text())
+    assert 0 < summary["bits_per_dim"] < 10 and summary["levels"] == 17
+    assert f"{summary['bits_per_dim']:.4f}" in out
     if "model.name=aef-linear" in extra:
-        assert summary["loss_name"] == "extended_nll" and "proposal_std" in summary
+        assert summary["objective"] == "extended_nll" and summary["proposal_std_selected"]
+        assert json.loads((run / "checkpoints" / best / "proposal.json").read_text())["proposal_std"] > 0
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["step"] for r in rows if r["split"] == "val"] == ["6", "12"]
     n_test = len(load_embedded("digits", 0.1, 0.2, 3).test)
-    assert len((run / "eval" / "test_nll.csv").read_text().splitlines()) == n_test + 1
-    with Image.open(run / "samples" / "samples_and_reconstructions.png") as image:
-        assert image.width > 0
-    assert load_config(run / "config.yaml").train.steps == 12, "the resolved config is reloadable"
-    assert (run / "model.pt").is_file() and not list(run.rglob("*.tmp"))
+    assert len((run / "eval" / f"{best}-test" / "records.csv").read_text().splitlines()) == n_test + 1
+    for png in run.glob("samples/*.png"):
+        with Image.open(png) as image:
+            assert image.width > 0
+    assert {p.name.split("-step")[0] for p in run.glob("samples/*.png")} >= {"samples", "reconstructions", "curves.png"}
+    saved = load_config(run / "config.yaml")
+    assert saved.train.steps == 12, "the resolved config is reloadable"
+    assert saved.model.image_shape == [1, 8, 8] and saved.model.bit_depth == 5, "the data's shape is recorded"
+    assert not list(run.rglob("*.tmp"))
 
 
-def test_second_run_does_not_overwrite_the_first(tmp_path, float32_default):
-    for _ in range(2):
-        assert (
-            main(
-                [
-                    "train",
-                    f"run.out_dir={tmp_path}",
-                    "train.steps=2",
-                    "train.val_every=1",
-                    "eval.grid_samples=4",
-                    "--no-progress",
-                ]
-            )
-            == 0
-        )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "digits-2"]
+def test_default_run_names_never_collide(tmp_path, float32_default):
+    args = ["train", f"run.out_dir={tmp_path}", "train.steps=2", "train.val_every=1", "eval.grid_samples=4",
+            "model.architecture=mlp", "--no-progress"]
+    assert main(args) == 0 and main(args) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and all(n.startswith("aef-center-") for n in names), names
 
 
 def test_split_is_fixed_and_disjoint():

@@ -27,8 +27,12 @@ PACKAGES = ("torch", "numpy", "triton", "omegaconf", "webdataset", "deepspeed", 
 
 def new_run_dir(cfg: Config) -> Path:
     """Create ``out_dir/name`` (``name`` defaults to ``<model>-<date>-<time>``); an existing folder is an error."""
-    name = cfg.run.name or f"{cfg.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    path = Path(cfg.run.out_dir) / name
+    path = Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if cfg.run.name is None:  # an automatic name never collides: -2, -3, ... within the same second
+        base, n = path, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run.out_dir/run.name: {path} is a file, not a folder: choose another run.name")
     if path.exists() and any(path.iterdir()):

@@ -1,0 +1,180 @@
+"""``aef-hpc eval`` and ``aef-hpc sample`` on finished runs: exact reproduction of the training run's test number,
+importance sampling independent of the chunk size, standard errors, FID and denoising, and bad input."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aef_hpc.cli import main
+from aef_hpc.engine.single import load_model_weights
+from aef_hpc.errors import CheckpointError
+from aef_hpc.evaluate.inception import FIDInceptionV3
+
+TINY = ["train.steps=4", "train.val_every=2", "train.batch_size=32", "model.architecture=mlp", "eval.grid_samples=4",
+        "--no-progress"]
+IS = ["eval.num_samples=6", "eval.repeats=2", "eval.chunk_size=4", "eval.proposal_num_samples=4",
+      "eval.proposal_images=32", "eval.proposal_stds=[1.0,0.1]"]
+
+
+def exe() -> str:
+    return shutil.which("aef-hpc") or str(Path(sys.executable).with_name("aef-hpc"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    torch.set_default_dtype(torch.float32)
+    try:
+        for name, extra in {"center": ["model.name=aef-center"], "linear": ["model.name=aef-linear", *IS],
+                            "vae": ["model.name=vae", "model.latent_dim=3", "data.noise_std=0.25", *IS]}.items():
+            assert main(["train", f"run.out_dir={out}", f"run.name={name}", *TINY, *extra]) == 0
+    finally:
+        torch.set_default_dtype(torch.float64)
+    return out
+
+
+def summary_of(run: Path, split="test") -> dict:
+    best = (run / "checkpoints" / "best").read_text().strip()
+    return json.loads((run / "eval" / f"{best}-{split}" / "summary.json").read_text())
+
+
+def records_of(run: Path, split="test") -> list[dict]:
+    best = (run / "checkpoints" / "best").read_text().strip()
+    return list(csv.DictReader(open(run / "eval" / f"{best}-{split}" / "records.csv")))
+
+
+@pytest.mark.parametrize("name", ["center", "linear", "vae"])
+def test_eval_reproduces_the_training_runs_test_number(tmp_path, runs, name, capsys, float32_default):
+    run = tmp_path / name
+    shutil.copytree(runs / name, run)
+    trained_summary, trained_records = summary_of(run), records_of(run)
+    shutil.rmtree(run / "eval")
+    assert main(["eval", str(run)]) == 0
+    assert records_of(run) == trained_records
+    again = summary_of(run)
+    for key in ("nll_nats", "bits_per_dim", "bits_per_dim_se", "count", "proposal_std", "ess_min"):
+        assert again.get(key) == trained_summary.get(key), key
+    assert f"{again['bits_per_dim']:.4f}" in capsys.readouterr().out
+
+
+def test_importance_sampling_is_independent_of_the_chunk_size(tmp_path, runs, float32_default):
+    run = tmp_path / "vae"
+    shutil.copytree(runs / "vae", run)
+    nll = {}
+    for chunk in (1, 4, 6):
+        assert main(["eval", str(run), f"eval.chunk_size={chunk}", "eval.limit=40"]) == 0
+        nll[chunk] = [r["nll_nats"] for r in records_of(run)]
+    assert nll[1] == nll[4] == nll[6]
+    summary = summary_of(run)
+    assert summary["estimator"] == "importance sampling" and summary["num_samples"] == 6
+    assert 1 <= summary["ess_min"] <= summary["ess_median"] <= 6
+    assert all(1 <= float(r["ess"]) <= 6 for r in records_of(run))
+
+
+def test_standard_error_shrinks_as_the_test_set_grows(tmp_path, runs, float32_default):
+    run = tmp_path / "center"
+    shutil.copytree(runs / "center", run)
+    se = {}
+    for limit in (20, 80, 320):
+        assert main(["eval", str(run), f"eval.limit={limit}"]) == 0
+        summary = summary_of(run)
+        assert summary["count"] == limit
+        se[limit] = summary["bits_per_dim_se"]
+    assert se[20] > se[80] > se[320] > 0
+
+
+def test_proposal_std_is_stored_in_the_checkpoint_and_reused(tmp_path, runs, float32_default):
+    run = tmp_path / "linear"
+    shutil.copytree(runs / "linear", run)
+    best = (run / "checkpoints" / "best").read_text().strip()
+    stored = json.loads((run / "checkpoints" / best / "proposal.json").read_text())
+    assert stored["proposal_std"] in (1.0, 0.1) and set(stored["scores"]) == {"1.0", "0.1"}
+    assert summary_of(run)["proposal_std"] == stored["proposal_std"]
+    assert main(["eval", str(run), "eval.proposal_stds=[0.5]"]) == 0, "another grid selects again"
+    assert json.loads((run / "checkpoints" / best / "proposal.json").read_text())["proposal_std"] == 0.5
+    assert summary_of(run)["proposal_std"] == 0.5
+
+
+def test_denoising_metrics(runs):
+    summary = summary_of(runs / "vae")
+    assert summary["denoise_noise_std"] == 0.25
+    assert 0 < summary["reconstruction_mse_clean"] and 0 < summary["denoise_mse"] < 1
+
+
+def test_fid_with_a_local_inception_file(tmp_path, runs, float32_default):
+    """Random Inception weights (the real file cannot be downloaded here): the FID path runs end to end."""
+    weights = tmp_path / "inception.pth"
+    torch.manual_seed(0)
+    state = FIDInceptionV3().state_dict()
+    torch.save({**state, "fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}, weights)
+    run = tmp_path / "vae"
+    shutil.copytree(runs / "vae", run)
+    assert main(["eval", str(run), f"eval.fid_weights={weights}", "eval.fid_samples=3", "eval.limit=6"]) == 0
+    summary = summary_of(run)
+    assert summary["fid"] >= 0 and summary["fid_samples"] == 3 and summary["ife"] >= 0
+
+
+def test_sample_writes_grids_and_latent_plots(tmp_path, runs, capsys, float32_default):
+    run = tmp_path / "center"
+    shutil.copytree(runs / "center", run)
+    assert main(["sample", str(run), "n=9", "temperature=0.85", "deviations=true", "seed=1"]) == 0
+    names = {p.name for p in (run / "samples").glob("*.png")}
+    best = (run / "checkpoints" / "best").read_text().strip()
+    assert {f"samples-{best}-T0.85-deviations.png", f"reconstructions-{best}.png", f"latent-scatter-{best}.png",
+            f"latent-grid-{best}.png", "curves.png"} <= names
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_weights_of_another_model_or_shape_are_refused(tmp_path):
+    from aef_hpc import build_model
+
+    model = build_model("aef-center", (1, 8, 8), 2, architecture="mlp", hidden=8)
+    path = tmp_path / "model.pt"
+    torch.save(build_model("aef-linear", (1, 8, 8), 2, architecture="mlp", hidden=8).state_dict(), path)
+    with pytest.raises(CheckpointError, match="weights of another model"):
+        load_model_weights(model, path)
+    torch.save(build_model("aef-center", (1, 8, 8), 2, architecture="mlp", hidden=16).state_dict(), path)
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_model_weights(model, path)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["eval", "{run}", "eval.nosuch=1"], "eval.nosuch"),
+        (["eval", "{run}", "eval.num_samples=many"], "eval.num_samples"),
+        (["eval", "{run}", "data.path={tmp}/nope"], "nope"),
+        (["eval", "{run}", "model.latent_dim=4"], "model.latent_dim=4 differs from the checkpoint's 2"),
+        (["eval", "{run}", "eval.fid_weights={tmp}/inception.pth"], "eval.fid_weights"),
+        (["eval", "{tmp}/not-a-checkpoint.pt"], "is a file, not an aef_hpc run folder"),
+        (["eval", "{tmp}/fake"], "is not an aef_hpc checkpoint"),
+        (["eval", "{tmp}/nothing-here"], "does not exist"),
+        (["eval", "{tmp}"], "holds no complete aef_hpc checkpoint"),
+        (["sample", "{run}", "n=0"], "n=0 must be at least 1"),
+        (["sample", "{run}", "deviations=maybe"], "deviations='maybe' is not a true/false"),
+        (["sample", "{run}", "temperature=hot"], "temperature='hot' is not a float"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, runs, args, match):
+    (tmp_path / "not-a-checkpoint.pt").write_bytes(b"\x80\x04junk")
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "meta.json").write_text('{"hello": 1}')
+    run = runs / "center"
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    args = [a.format(run=run, tmp=tmp_path) for a in args]
+    proc = subprocess.run([exe(), *args], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*")) == before, "nothing written"
+
+
+@pytest.mark.parametrize("verb", ["train", "eval", "sample", "shards", "bench"])
+def test_every_verb_has_help(verb):
+    proc = subprocess.run([exe(), verb, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: aef-hpc" in proc.stdout and len(proc.stdout) > 200
