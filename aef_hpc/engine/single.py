@@ -7,6 +7,8 @@ checks are fused into one boolean before it is read.
 """
 
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,9 @@ class SingleEngine:
         stepped = bool(ok)  # the one host synchronisation of a step
         if stepped:
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule follows the step count, taken or skipped
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._loss_sum = None
         return StepResult(stepped, norm.detach())

@@ -195,7 +195,8 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 if objective in ("nll", "neg_elbo", "neg_iwae_bound"):
                     shown["bpd"] = f"{bits_per_dim(value, model.num_dims, data.levels):.3f}"
                 bar.show(**shown)
-            validate = step % t.val_every == 0 or step == t.steps
+            # no validation or checkpoint inside a run of skipped steps: the newest checkpoint stays a good one
+            validate = (step % t.val_every == 0 or step == t.steps) and not state.skips_in_row
             if validate:
                 with ema.applied() if ema is not None else contextlib.nullcontext():
                     val = mean_loss(model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(),
@@ -208,7 +209,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                     state.best_val, state.best_step = val, step
                 checkpoint(best)
                 log.flush()
-            elif t.checkpoint_every and step % t.checkpoint_every == 0:
+            elif t.checkpoint_every and step % t.checkpoint_every == 0 and not state.skips_in_row:
                 checkpoint(best=False)
                 log.flush()
             bar.step(step)
