@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except AEFError as exc:
         print(f"aef-hpc: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

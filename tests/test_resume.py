@@ -193,3 +193,16 @@ def test_bad_resume_requests_are_one_line(tmp_path, finished_run, args, match):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr
     assert sorted(str(p) for p in finished_run.rglob("*")) == before, "nothing written into the run"
+
+
+def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([aef_hpc_exe(), "train", *RUN, f"run.out_dir={tmp_path}", "run.name=r", "train.steps=400"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not list(run.glob("checkpoints/step-*/meta.json")):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1].strip().splitlines()
+    assert proc.returncode == 130 and "interrupted at step" in err[-1] and f"--resume {run}" in err[-1], err
+    assert find_resumable(run).step >= 2

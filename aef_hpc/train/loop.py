@@ -8,6 +8,8 @@ checkpoint holds the model, optimizer, schedule, EMA, step, epoch and batch with
 
 import contextlib
 import math
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,29 @@ from .schedule import build_scheduler
 
 class TrainingDiverged(AEFError):
     """Too many bad steps in a row, or no finite validation."""
+
+
+class Interrupted(AEFError):
+    """Ctrl-C or SIGTERM: training stopped; the newest checkpoint is whole and ``--resume`` continues from it."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's kill, a preemption) ends the loop like Ctrl-C, with the same message."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -104,7 +129,7 @@ def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.
 
 
 def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult:
-    with use_kernels(cfg.kernels):
+    with use_kernels(cfg.kernels), _sigterm_as_interrupt():
         return _train(cfg, progress, resume)
 
 
@@ -216,6 +241,11 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             if validate and t.patience and step - state.best_step >= t.patience and step < t.steps:
                 log.log(step, "train", "early_stop", 1)
                 break
+    except KeyboardInterrupt:
+        newest = run_dir / "checkpoints" / ((run_dir / "checkpoints" / "latest").read_text().strip()
+                                            if (run_dir / "checkpoints" / "latest").exists() else "(none yet)")
+        raise Interrupted(f"interrupted at step {state.step}; the newest checkpoint is {newest}: continue with "
+                          f"`aef-hpc train --resume {run_dir}`") from None
     finally:
         bar.close()
         log.close()
