@@ -165,7 +165,7 @@ def find_resumable(run_dir: str | Path) -> Checkpoint:
     if found is None:
         raise CheckpointError(
             f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (one is written at every "
-            "validation): start a new run instead"
+            "validation): start a new run instead (delete this folder, or choose another run.name)"
         )
     return found
 

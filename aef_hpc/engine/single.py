@@ -21,9 +21,11 @@ ENGINE_FILES = ("model.pt", "optimizer.pt")
 
 @dataclass
 class StepResult:
-    """The outcome of one optimizer step: whether it was taken, and the gradient norm before clipping."""
+    """The outcome of one optimizer step: whether it was taken, its objective (the mean over its micro-batches)
+    and the gradient norm before clipping (both still on the device)."""
 
     stepped: bool
+    loss: torch.Tensor
     grad_norm: torch.Tensor
 
 
@@ -61,8 +63,8 @@ class SingleEngine:
             warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._loss_sum = None
-        return StepResult(stepped, norm.detach())
+        loss, self._loss_sum = self._loss_sum / self.accumulate, None
+        return StepResult(stepped, loss, norm.detach())
 
     def unwrap(self) -> torch.nn.Module:
         return self.model

@@ -17,7 +17,8 @@ import torch
 
 from ..config import Config, to_yaml
 from ..data import dequantize, open_data
-from ..engine import Checkpoint, SingleEngine, save_checkpoint
+from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkpoint, save_checkpoint
+from ..engine.checkpoint import write_atomic
 from ..errors import AEFError, DataError
 from ..evaluate import (
     check_fid_weights,
@@ -158,7 +159,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
         run_dir = resume.run_dir
         engine.load(resume.path)
         state = _load_train_state(resume.path, ema, dequant_gen, device)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_atomic(run_dir / "config.yaml", to_yaml(cfg))
     write_env(run_dir, device, world_size=1, resumed_from=None if resume is None else state.step)
     log = MetricsLog(run_dir, None if resume is None else state.step)
 
@@ -195,7 +196,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
             if result.stepped:
                 state.skips_in_row = 0
-                running, counted = running + loss.detach(), counted + 1
+                running, counted = running + result.loss, counted + 1
                 if ema is not None:
                     ema.update()
             else:
@@ -242,10 +243,12 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 log.log(step, "train", "early_stop", 1)
                 break
     except KeyboardInterrupt:
-        newest = run_dir / "checkpoints" / ((run_dir / "checkpoints" / "latest").read_text().strip()
-                                            if (run_dir / "checkpoints" / "latest").exists() else "(none yet)")
-        raise Interrupted(f"interrupted at step {state.step}; the newest checkpoint is {newest}: continue with "
-                          f"`aef-hpc train --resume {run_dir}`") from None
+        found = complete_checkpoints(run_dir)
+        if not found:
+            raise Interrupted(f"interrupted at step {state.step}, before the first checkpoint: {run_dir} holds "
+                              "nothing to resume (delete it, or choose another run.name)") from None
+        raise Interrupted(f"interrupted at step {state.step}; the newest checkpoint is {found[0].path}: continue "
+                          f"with `aef-hpc train --resume {run_dir}`") from None
     finally:
         bar.close()
         log.close()
@@ -261,8 +264,6 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
 def finish(run_dir: Path, cfg: Config, data) -> RunResult:
     """The best checkpoint's test evaluation, sample grid and the training curves: the same code as
     ``aef-hpc eval`` and ``aef-hpc sample``, so those reproduce these numbers."""
-    from ..engine import open_checkpoint
-
     trained = restore_checkpoint(open_checkpoint(run_dir), cfg)
     summary, eval_dir = evaluate(trained, data)
     figures = write_samples(trained, data, cfg.eval.grid_samples, cfg.eval.temperature, seed=cfg.eval.seed)
