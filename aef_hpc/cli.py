@@ -18,8 +18,10 @@ def _train(args) -> int:
 
     if args.resume:
         if args.config:
-            raise ConfigError("--config cannot be combined with --resume: the run's own config is used; "
-                              "change single keys with key=value (e.g. train.steps=4000)")
+            raise ConfigError(
+                "--config cannot be combined with --resume: the run's own config is used; "
+                "change single keys with key=value (e.g. train.steps=4000)"
+            )
         checkpoint = find_resumable(args.resume)
         cfg = checkpoint_config(checkpoint, args.overrides)
         print(f"resuming {checkpoint.run_dir} from {checkpoint.path.name}", file=sys.stderr)
@@ -36,12 +38,16 @@ def _train(args) -> int:
 
 def _print_summary(summary: dict, folder) -> None:
     se = summary["bits_per_dim_se"]
-    print(f"{summary['split']} NLL:       {summary['nll_nats']:.3f} nats/image ({summary['estimator']}, "
-          f"{summary['count']} images)")
+    print(
+        f"{summary['split']} NLL:       {summary['nll_nats']:.3f} nats/image ({summary['estimator']}, "
+        f"{summary['count']} images)"
+    )
     print(f"{summary['split']} bits/dim:  {summary['bits_per_dim']:.4f} ± {se:.4f} (standard error)")
     if "ess_min" in summary:
-        print(f"IS effective sample size: min {summary['ess_min']:.1f}, median {summary['ess_median']:.1f} "
-              f"of K={summary['num_samples']}")
+        print(
+            f"IS effective sample size: min {summary['ess_min']:.1f}, median {summary['ess_median']:.1f} "
+            f"of K={summary['num_samples']}"
+        )
     for key in ("proposal_std", "fid", "ife", "denoise_mse"):
         if key in summary:
             print(f"{key}: {summary[key]:.6g}")
@@ -54,11 +60,14 @@ def _open_trained(path, overrides):
 
     trained = restore(path, overrides)
     d = trained.cfg.data
-    data = open_data(d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers,
-                     d.shuffle_buffer)
+    data = open_data(
+        d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
+    )
     if tuple(data.image_shape) != tuple(trained.cfg.model.image_shape):
-        raise ConfigError(f"the data's images are {list(data.image_shape)} but the model was trained on "
-                          f"{trained.cfg.model.image_shape}: check data.path")
+        raise ConfigError(
+            f"the data's images are {list(data.image_shape)} but the model was trained on "
+            f"{trained.cfg.model.image_shape}: check data.path"
+        )
     return trained, data
 
 
@@ -75,26 +84,33 @@ def _eval(args) -> int:
     return 0
 
 
-SAMPLE_KEYS = {"n": int, "temperature": float, "deviations": None, "seed": int}
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.lower() == "true"
+
+
+SAMPLE_OPTIONS = {
+    "n": (int, 64, "an int"),
+    "temperature": (float, 1.0, "a float"),
+    "deviations": (_boolean, False, "true or false"),
+    "seed": (int, 0, "an int"),
+}
 
 
 def _sample_options(items: list[str]) -> tuple[dict, list[str]]:
     """``n=64 temperature=0.85 deviations=true seed=0``; other ``key=value`` items are config overrides."""
-    options, overrides = {"n": 64, "temperature": 1.0, "deviations": False, "seed": 0}, []
+    options, overrides = {k: default for k, (_, default, _) in SAMPLE_OPTIONS.items()}, []
     for item in items:
         key, _, value = item.partition("=")
-        if key not in SAMPLE_KEYS:
+        if key not in SAMPLE_OPTIONS:
             overrides.append(item)
             continue
+        parse, _, kind = SAMPLE_OPTIONS[key]
         try:
-            if key == "deviations":
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                options[key] = value.lower() == "true"
-            else:
-                options[key] = SAMPLE_KEYS[key](value)
+            options[key] = parse(value)
         except ValueError:
-            raise ConfigError(f"{key}={value!r} is not a {'true/false' if key == 'deviations' else SAMPLE_KEYS[key].__name__}") from None
+            raise ConfigError(f"{key}={value!r} is not {kind}") from None
     if options["n"] < 1 or not options["temperature"] > 0:
         raise ConfigError(f"n={options['n']} must be at least 1 and temperature={options['temperature']} positive")
     return options, overrides

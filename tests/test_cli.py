@@ -68,8 +68,15 @@ def test_train_end_to_end(tmp_path, capsys, float32_default, extra):
 
 
 def test_default_run_names_never_collide(tmp_path, float32_default):
-    args = ["train", f"run.out_dir={tmp_path}", "train.steps=2", "train.val_every=1", "eval.grid_samples=4",
-            "model.architecture=mlp", "--no-progress"]
+    args = [
+        "train",
+        f"run.out_dir={tmp_path}",
+        "train.steps=2",
+        "train.val_every=1",
+        "eval.grid_samples=4",
+        "model.architecture=mlp",
+        "--no-progress",
+    ]
     assert main(args) == 0 and main(args) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len(names) == 2 and all(n.startswith("aef-center-") for n in names), names

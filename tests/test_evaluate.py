@@ -16,10 +16,22 @@ from aef_hpc.engine.single import load_model_weights
 from aef_hpc.errors import CheckpointError
 from aef_hpc.evaluate.inception import FIDInceptionV3
 
-TINY = ["train.steps=4", "train.val_every=2", "train.batch_size=32", "model.architecture=mlp", "eval.grid_samples=4",
-        "--no-progress"]
-IS = ["eval.num_samples=6", "eval.repeats=2", "eval.chunk_size=4", "eval.proposal_num_samples=4",
-      "eval.proposal_images=32", "eval.proposal_stds=[1.0,0.1]"]
+TINY = [
+    "train.steps=4",
+    "train.val_every=2",
+    "train.batch_size=32",
+    "model.architecture=mlp",
+    "eval.grid_samples=4",
+    "--no-progress",
+]
+IS = [
+    "eval.num_samples=6",
+    "eval.repeats=2",
+    "eval.chunk_size=4",
+    "eval.proposal_num_samples=4",
+    "eval.proposal_images=32",
+    "eval.proposal_stds=[1.0,0.1]",
+]
 
 
 def exe() -> str:
@@ -31,8 +43,11 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     torch.set_default_dtype(torch.float32)
     try:
-        for name, extra in {"center": ["model.name=aef-center"], "linear": ["model.name=aef-linear", *IS],
-                            "vae": ["model.name=vae", "model.latent_dim=3", "data.noise_std=0.25", *IS]}.items():
+        for name, extra in {
+            "center": ["model.name=aef-center"],
+            "linear": ["model.name=aef-linear", *IS],
+            "vae": ["model.name=vae", "model.latent_dim=3", "data.noise_std=0.25", *IS],
+        }.items():
             assert main(["train", f"run.out_dir={out}", f"run.name={name}", *TINY, *extra]) == 0
     finally:
         torch.set_default_dtype(torch.float64)
@@ -126,8 +141,13 @@ def test_sample_writes_grids_and_latent_plots(tmp_path, runs, capsys, float32_de
     assert main(["sample", str(run), "n=9", "temperature=0.85", "deviations=true", "seed=1"]) == 0
     names = {p.name for p in (run / "samples").glob("*.png")}
     best = (run / "checkpoints" / "best").read_text().strip()
-    assert {f"samples-{best}-T0.85-deviations.png", f"reconstructions-{best}.png", f"latent-scatter-{best}.png",
-            f"latent-grid-{best}.png", "curves.png"} <= names
+    assert {
+        f"samples-{best}-T0.85-deviations.png",
+        f"reconstructions-{best}.png",
+        f"latent-scatter-{best}.png",
+        f"latent-grid-{best}.png",
+        "curves.png",
+    } <= names
     assert "wrote" in capsys.readouterr().out
 
 
@@ -157,7 +177,7 @@ def test_weights_of_another_model_or_shape_are_refused(tmp_path):
         (["eval", "{tmp}/nothing-here"], "does not exist"),
         (["eval", "{tmp}"], "holds no complete aef_hpc checkpoint"),
         (["sample", "{run}", "n=0"], "n=0 must be at least 1"),
-        (["sample", "{run}", "deviations=maybe"], "deviations='maybe' is not a true/false"),
+        (["sample", "{run}", "deviations=maybe"], "deviations='maybe' is not true or false"),
         (["sample", "{run}", "temperature=hot"], "temperature='hot' is not a float"),
     ],
 )

@@ -21,8 +21,15 @@ TINY = ["train.batch_size=16", "model.architecture=mlp", "eval.grid_samples=4", 
 
 
 def test_cosine_schedule_with_warmup():
-    cfg = load_config(overrides=["train.steps=110", "train.lr_schedule=cosine", "train.warmup_steps=10",
-                                 "train.lr=1e-3", "train.min_lr=1e-4"]).train
+    cfg = load_config(
+        overrides=[
+            "train.steps=110",
+            "train.lr_schedule=cosine",
+            "train.warmup_steps=10",
+            "train.lr=1e-3",
+            "train.min_lr=1e-4",
+        ]
+    ).train
     factors = [lr_factor(s, cfg) for s in range(cfg.steps + 1)]
     assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert factors[10] == pytest.approx(1.0)
@@ -92,9 +99,12 @@ def test_ema_starts_at_the_first_step_and_averages():
 @pytest.mark.parametrize("flow", ["actnorm", "composite", "maf", "iaf"])
 def test_bf16_log_dets_accumulate_in_float32(flow):
     torch.manual_seed(0)
-    module = {"actnorm": lambda: ActNorm(3), "composite": lambda: Composite(ActNorm(3), ActNorm(3)),
-              "maf": lambda: build_flow("maf", 5, hidden=8, num_layers=2),
-              "iaf": lambda: build_flow("iaf", 5, hidden=8, num_layers=2)}[flow]().to(torch.bfloat16)
+    module = {
+        "actnorm": lambda: ActNorm(3),
+        "composite": lambda: Composite(ActNorm(3), ActNorm(3)),
+        "maf": lambda: build_flow("maf", 5, hidden=8, num_layers=2),
+        "iaf": lambda: build_flow("iaf", 5, hidden=8, num_layers=2),
+    }[flow]().to(torch.bfloat16)
     x = torch.randn(4, 3, 2, 2) if flow in ("actnorm", "composite") else torch.randn(4, 5)
     module.train()
     y, logdet = module(x.to(torch.bfloat16))
@@ -105,9 +115,24 @@ def test_bf16_log_dets_accumulate_in_float32(flow):
 
 @pytest.mark.parametrize("name", ["aef-center", "aef-linear", "vae"])
 def test_bf16_training_runs_with_float32_objective(tmp_path, name, float32_default):
-    assert main(["train", f"run.out_dir={tmp_path}", "run.name=r", f"model.name={name}", "train.precision=bf16",
-                 "train.steps=3", "train.val_every=3", "eval.num_samples=2", "eval.repeats=1",
-                 "eval.select_proposal_std=false", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"run.out_dir={tmp_path}",
+                "run.name=r",
+                f"model.name={name}",
+                "train.precision=bf16",
+                "train.steps=3",
+                "train.val_every=3",
+                "eval.num_samples=2",
+                "eval.repeats=1",
+                "eval.select_proposal_std=false",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     model = build_model(name, (1, 8, 8), 2, architecture="mlp", hidden=8)
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -120,12 +145,29 @@ def metrics(run):
 
 def test_skipped_steps_are_counted_and_too_many_in_a_row_stop_with_the_checkpoint_intact(tmp_path):
     run = tmp_path / "r"
-    ok = subprocess.run([aef_hpc_exe(), "train", f"run.out_dir={tmp_path}", "run.name=r", "train.steps=4",
-                         "train.val_every=2", *TINY], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [aef_hpc_exe(), "train", f"run.out_dir={tmp_path}", "run.name=r", "train.steps=4", "train.val_every=2", *TINY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
-    proc = subprocess.run([aef_hpc_exe(), "train", "--resume", str(run), "train.steps=40", "train.max_skips=3",
-                           "train.skip_threshold=1e-12", "train.log_every=1", "--no-progress"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            aef_hpc_exe(),
+            "train",
+            "--resume",
+            str(run),
+            "train.steps=40",
+            "train.max_skips=3",
+            "train.skip_threshold=1e-12",
+            "train.log_every=1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "3 steps in a row were skipped" in lines[-1] and "train.skip_threshold" in lines[-1]
     assert find_resumable(run).step == 4, "the last good checkpoint is intact and newest"
@@ -136,15 +178,28 @@ def test_skipped_steps_are_counted_and_too_many_in_a_row_stop_with_the_checkpoin
 def test_early_stopping_by_patience(tmp_path, float32_default, monkeypatch):
     values = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8, 4.9])
     monkeypatch.setattr("aef_hpc.train.loop.mean_loss", lambda *a, **k: next(values))
-    assert main(["train", f"run.out_dir={tmp_path}", "run.name=r", "train.steps=100", "train.val_every=2",
-                 "train.patience=6", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"run.out_dir={tmp_path}",
+                "run.name=r",
+                "train.steps=100",
+                "train.val_every=2",
+                "train.patience=6",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     val_steps = [int(r["step"]) for r in metrics(tmp_path / "r") if r["split"] == "val"]
     assert val_steps == [2, 4, 6, 8, 10], "stopped 6 steps after the best validation (step 4)"
     assert (tmp_path / "r" / "checkpoints" / "best").read_text().strip() == "step-000004"
 
 
-def test_a_run_whose_every_validation_is_non_finite_ends_with_a_clear_error(tmp_path, monkeypatch, capsys,
-                                                                            float32_default):
+def test_a_run_whose_every_validation_is_non_finite_ends_with_a_clear_error(
+    tmp_path, monkeypatch, capsys, float32_default
+):
     monkeypatch.setattr("aef_hpc.train.loop.mean_loss", lambda *a, **k: math.nan)
     assert main(["train", f"run.out_dir={tmp_path}", "run.name=r", "train.steps=4", "train.val_every=2", *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -152,10 +207,23 @@ def test_a_run_whose_every_validation_is_non_finite_ends_with_a_clear_error(tmp_
 
 
 def test_progress_in_a_log_file_is_plain_lines(tmp_path):
-    proc = subprocess.run([aef_hpc_exe(), "train", f"run.out_dir={tmp_path}", "run.name=r", "train.steps=30",
-                           "train.val_every=30", "train.progress_every=1e-9", "train.batch_size=16",
-                           "model.architecture=mlp", "eval.grid_samples=4"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            aef_hpc_exe(),
+            "train",
+            f"run.out_dir={tmp_path}",
+            "run.name=r",
+            "train.steps=30",
+            "train.val_every=30",
+            "train.progress_every=1e-9",
+            "train.batch_size=16",
+            "model.architecture=mlp",
+            "eval.grid_samples=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("train aef-center step")]
     assert len(lines) == 30 and "\r" not in proc.stderr
@@ -164,6 +232,18 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path):
 
 
 def test_compiled_training_step(tmp_path, float32_default):
-    assert main(["train", f"run.out_dir={tmp_path}", "run.name=r", "train.compile=true", "train.steps=2",
-                 "train.val_every=2", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"run.out_dir={tmp_path}",
+                "run.name=r",
+                "train.compile=true",
+                "train.steps=2",
+                "train.val_every=2",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert find_resumable(tmp_path / "r").step == 2

@@ -1,7 +1,6 @@
 """Checkpoints and exact resume: a run SIGKILLed at some step and resumed ends bit-identical to an uninterrupted
 one (embedded digits; tar shards read by 2 workers), and only complete, intact checkpoints are ever loaded."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -50,8 +49,11 @@ def final_state(run: Path) -> dict:
     state = torch.load(folder / "model.pt", weights_only=True)
     optimizer = torch.load(folder / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     ema = torch.load(folder / "train_state.pt", weights_only=True)["ema"]
-    return {**{f"model.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in ema.items()},
-            **{f"adam.{i}.{k}": v for i, s in optimizer.items() for k, v in s.items()}}
+    return {
+        **{f"model.{k}": v for k, v in state.items()},
+        **{f"ema.{k}": v for k, v in ema.items()},
+        **{f"adam.{i}.{k}": v for i, s in optimizer.items() for k, v in s.items()},
+    }
 
 
 def kill_after_first_checkpoint(args: list[str], run: Path) -> int:
@@ -71,8 +73,9 @@ def kill_after_first_checkpoint(args: list[str], run: Path) -> int:
 
 
 def resume(run: Path) -> None:
-    proc = subprocess.run([aef_hpc_exe(), "train", "--resume", str(run), "--no-progress"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [aef_hpc_exe(), "train", "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -82,8 +85,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, source):
     if source == "shards":
         digits_shards(tmp_path / "shards", samples_per_shard=200)
         args += [f"data.path={tmp_path / 'shards'}", "data.num_workers=2", "data.shuffle_buffer=50"]
-    proc = subprocess.run([aef_hpc_exe(), "train", *args, "run.name=whole"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [aef_hpc_exe(), "train", *args, "run.name=whole"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     killed_at = kill_after_first_checkpoint([*args, "run.name=cut"], tmp_path / "cut")
     resume(tmp_path / "cut")
@@ -116,8 +120,22 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     torch.set_default_dtype(torch.float32)
     try:
-        assert main(["train", f"run.out_dir={out}", "run.name=r", "train.steps=6", "train.val_every=2",
-                     "train.batch_size=16", "model.architecture=mlp", "eval.grid_samples=4", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    f"run.out_dir={out}",
+                    "run.name=r",
+                    "train.steps=6",
+                    "train.val_every=2",
+                    "train.batch_size=16",
+                    "model.architecture=mlp",
+                    "eval.grid_samples=4",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_default_dtype(torch.float64)
     return out / "r"
@@ -188,8 +206,13 @@ def test_bad_resume_requests_are_one_line(tmp_path, finished_run, args, match):
     (tmp_path / "empty").mkdir()
     before = sorted(str(p) for p in finished_run.rglob("*"))
     args = [a.format(tmp=tmp_path, run=finished_run, runs=finished_run.parent) for a in args]
-    proc = subprocess.run([aef_hpc_exe(), "train", *args, "--no-progress"], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).parent.parent)
+    proc = subprocess.run(
+        [aef_hpc_exe(), "train", *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr
     assert sorted(str(p) for p in finished_run.rglob("*")) == before, "nothing written into the run"
@@ -197,8 +220,12 @@ def test_bad_resume_requests_are_one_line(tmp_path, finished_run, args, match):
 
 def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
     run = tmp_path / "r"
-    proc = subprocess.Popen([aef_hpc_exe(), "train", *RUN, f"run.out_dir={tmp_path}", "run.name=r", "train.steps=400"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [aef_hpc_exe(), "train", *RUN, f"run.out_dir={tmp_path}", "run.name=r", "train.steps=400"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not list(run.glob("checkpoints/step-*/meta.json")):
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.01)

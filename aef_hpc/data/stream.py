@@ -6,8 +6,8 @@ ranks, then to workers; every worker cycles through its shards and shuffles samp
 so no rank runs dry and hangs a collective. ``train_epoch(e, batch, start)`` reproduces epoch ``e`` from its batch
 ``start`` on (a resumed run): the loader's workers take batches round-robin, so worker ``w`` plays the part of
 worker ``(w + start) % W`` of the uninterrupted epoch and first reads past that worker's batches before ``start``.
-Nothing draws from torch's global RNG (the loader has its own seeded generator). Bad samples and truncated shards are skipped with a
-warning and counted in ``Batch.skipped``.
+Nothing draws from torch's global RNG (the loader has its own seeded generator). Bad samples and truncated
+shards are skipped with a warning and counted in ``Batch.skipped``.
 
 Evaluation (``eval_batches``): shard ``i`` goes to rank ``i % world`` and, within the rank, to one worker, in
 a fixed order, so every sample is read exactly once; the per-shard counts (summed over ranks) must equal the
@@ -149,8 +149,9 @@ class ShardReader(IterableDataset):
     the manifest; a tar error or a shortfall is skipped and counted in training and an error in evaluation.
     """
 
-    def __init__(self, urls, shards, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000,
-                 world=(0, 1), start=0):
+    def __init__(
+        self, urls, shards, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1), start=0
+    ):
         super().__init__()
         self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
         self.info = dict(zip(self.urls, shards, strict=True))
@@ -199,9 +200,15 @@ class ShardReader(IterableDataset):
             problems = [] if error is None else [f"{type(error).__name__}: {error.args[0] if error.args else error}"]
             if count != info.count:
                 problems.append(f"read {count} of {info.count} samples (last key {last})")
-            if not self.train and not problems and info.sha256 and (stream.sha.hexdigest(), stream.size) != (
-                info.sha256,
-                info.bytes,
+            if (
+                not self.train
+                and not problems
+                and info.sha256
+                and (stream.sha.hexdigest(), stream.size)
+                != (
+                    info.sha256,
+                    info.bytes,
+                )
             ):
                 problems.append("its sha256 or size differs from the manifest's: modified or corrupted")
             if problems:

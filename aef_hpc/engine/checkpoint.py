@@ -77,8 +77,9 @@ class Checkpoint:
                 raise CheckpointError(f"checkpoint {self.path}: {name} is truncated or modified")
 
 
-def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], meta: dict, keep_last: int,
-                    best: bool = False) -> Checkpoint:
+def save_checkpoint(
+    run_dir: Path, step: int, write: Callable[[Path], None], meta: dict, keep_last: int, best: bool = False
+) -> Checkpoint:
     """Write a checkpoint of ``step`` with ``write(folder)``, commit it, move the pointers, prune old ones."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -92,8 +93,14 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], met
     for file in sorted(tmp.iterdir()):
         _fsync(file)
         files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
-    meta = {"format": FORMAT, "version": VERSION, "step": step, **meta, "files": files,
-            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": step,
+        **meta,
+        "files": files,
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     write_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
     _fsync(tmp)
     final = root / name

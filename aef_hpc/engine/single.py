@@ -34,8 +34,16 @@ class SingleEngine:
 
     name = "single"
 
-    def __init__(self, model, optimizer, scheduler, grad_clip: float, accumulate: int = 1, skip_threshold=None,
-                 compile: bool = False):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        grad_clip: float,
+        accumulate: int = 1,
+        skip_threshold=None,
+        compile: bool = False,
+    ):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.grad_clip, self.accumulate = grad_clip, accumulate
         self.skip_threshold = math.inf if skip_threshold is None else skip_threshold
@@ -72,8 +80,10 @@ class SingleEngine:
     def save(self, folder: Path) -> None:
         """The model's weights and the optimizer and schedule state, as ``model.pt`` and ``optimizer.pt``."""
         torch.save(self.model.state_dict(), folder / "model.pt")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   folder / "optimizer.pt")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            folder / "optimizer.pt",
+        )
 
     def load(self, folder: Path) -> None:
         load_model_weights(self.model, folder / "model.pt")

@@ -39,13 +39,20 @@ def proposal_std(trained: Trained, data) -> dict | None:
     if not isinstance(model, ExpandedAEF) or not e.select_proposal_std:
         return None
     path = trained.checkpoint.path / "proposal.json"
-    settings = {"stds": list(e.proposal_stds), "num_samples": e.proposal_num_samples, "images": e.proposal_images,
-                "seed": e.seed, "ema": trained.ema}
+    settings = {
+        "stds": list(e.proposal_stds),
+        "num_samples": e.proposal_num_samples,
+        "images": e.proposal_images,
+        "seed": e.seed,
+        "ema": trained.ema,
+    }
     stored = json.loads(path.read_text()) if path.exists() else None
     if stored is None or stored.get("settings") != settings:
         gen = torch.Generator().manual_seed(e.seed)
-        val = [dequantize(images, data.levels, gen).to(trained.device)
-               for _, images in limited(data.eval_batches("val", e.batch_size), e.proposal_images)]
+        val = [
+            dequantize(images, data.levels, gen).to(trained.device)
+            for _, images in limited(data.eval_batches("val", e.batch_size), e.proposal_images)
+        ]
         best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
         stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
         write_atomic(path, json.dumps(stored, indent=2))
@@ -84,8 +91,13 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
         "seed": e.seed,
     }
     if not model.exact_likelihood:
-        summary.update(num_samples=e.num_samples, repeats=e.repeats, chunk_size=e.chunk_size,
-                       ess_min=result.ess.min().item(), ess_median=result.ess.median().item())
+        summary.update(
+            num_samples=e.num_samples,
+            repeats=e.repeats,
+            chunk_size=e.chunk_size,
+            ess_min=result.ess.min().item(),
+            ess_median=result.ess.median().item(),
+        )
     if isinstance(model, ExpandedAEF):
         summary["proposal_std"] = float(model.proposal_std)
         summary["proposal_std_selected"] = proposal is not None
@@ -96,8 +108,11 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
     out.mkdir(parents=True, exist_ok=True)
     ess = result.ess.tolist() if result.ess is not None else [None] * len(result.keys)
     rows = zip(result.keys, result.nll.tolist(), bpd.tolist(), ess, strict=True)
-    write_atomic(out / "records.csv", "key,nll_nats,bits_per_dim,ess\n" + "".join(
-        f"{k},{n!r},{b!r},{'' if s is None else repr(s)}\n" for k, n, b, s in rows))
+    write_atomic(
+        out / "records.csv",
+        "key,nll_nats,bits_per_dim,ess\n"
+        + "".join(f"{k},{n!r},{b!r},{'' if s is None else repr(s)}\n" for k, n, b, s in rows),
+    )
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary, out
 

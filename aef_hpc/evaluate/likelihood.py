@@ -31,8 +31,16 @@ def limited(batches: Iterable, limit: int | None):
 
 
 @torch.no_grad()
-def per_image_nll(model, batches: Iterable, levels: int, num_samples: int, repeats: int, chunk_size: int,
-                  generator: torch.Generator, device) -> PerImage:
+def per_image_nll(
+    model,
+    batches: Iterable,
+    levels: int,
+    num_samples: int,
+    repeats: int,
+    chunk_size: int,
+    generator: torch.Generator,
+    device,
+) -> PerImage:
     """Exact ``-log p(x)`` (partition AEFs) or the mean of ``repeats`` importance-sampling estimates
     ``-log mean_k w_k`` of ``K = num_samples`` draws (the paper's 20 x 128), ``chunk_size`` draws at a time."""
     model.eval()

@@ -14,8 +14,9 @@ from .restore import Trained
 
 
 @torch.no_grad()
-def write_samples(trained: Trained, data, n: int, temperature: float, deviations: bool = False,
-                  seed: int = 0) -> list[Path]:
+def write_samples(
+    trained: Trained, data, n: int, temperature: float, deviations: bool = False, seed: int = 0
+) -> list[Path]:
     """Samples ``decode(T * N(0, I))`` (``deviations``: plus ``T * N(0, I)`` decoder deviations), reconstructions
     ``decode(encode(x))`` of 16 test images and, when ``latent_dim == 2``, the latent scatter and 20 x 20 grid."""
     model, device, e = trained.model, trained.device, trained.cfg.eval
@@ -24,16 +25,22 @@ def write_samples(trained: Trained, data, n: int, temperature: float, deviations
     gen = torch.Generator(device=device).manual_seed(seed)
     samples = model.sample(n, temperature, gen, deviations=deviations)
     per_row = max(1, round(math.sqrt(n)))
-    written = [save_grid(list(samples.split(per_row)),
-                         out / f"samples-{tag}-T{temperature:g}{'-deviations' if deviations else ''}.png")]
-    originals = dequantize(first_images(data.eval_batches("test", e.batch_size), 16), data.levels,
-                           torch.Generator().manual_seed(seed)).to(device)
-    written.append(save_grid([originals, model.decode(model.encode(originals))],
-                             out / f"reconstructions-{tag}.png"))
+    written = [
+        save_grid(
+            list(samples.split(per_row)),
+            out / f"samples-{tag}-T{temperature:g}{'-deviations' if deviations else ''}.png",
+        )
+    ]
+    originals = dequantize(
+        first_images(data.eval_batches("test", e.batch_size), 16), data.levels, torch.Generator().manual_seed(seed)
+    ).to(device)
+    written.append(save_grid([originals, model.decode(model.encode(originals))], out / f"reconstructions-{tag}.png"))
     if model.latent_dim == 2:
         gen = torch.Generator().manual_seed(seed)
-        codes = [model.encode(dequantize(images, data.levels, gen).to(device))
-                 for _, images in limited(data.eval_batches("test", e.batch_size), 4096)]
+        codes = [
+            model.encode(dequantize(images, data.levels, gen).to(device))
+            for _, images in limited(data.eval_batches("test", e.batch_size), 4096)
+        ]
         written.append(latent_scatter(torch.cat(codes), out / f"latent-scatter-{tag}.png"))
         written.append(latent_grid(model, out / f"latent-grid-{tag}.png"))
     return written

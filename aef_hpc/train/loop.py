@@ -140,14 +140,16 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     check_available(cfg.kernels, device)
     check_fid_weights(cfg.eval.fid_weights)
     d, t = cfg.data, cfg.train
-    data = open_data(d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers,
-                     d.shuffle_buffer)
+    data = open_data(
+        d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
+    )
     cfg = check_data_matches_model(data, cfg)
     torch.manual_seed(t.seed)
     model = model_from_config(cfg.model, data.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    engine = SingleEngine(model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate,
-                          t.skip_threshold, t.compile)
+    engine = SingleEngine(
+        model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate, t.skip_threshold, t.compile
+    )
     ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
     dequant_gen = torch.Generator().manual_seed(t.seed + 1)
     state = TrainState()
@@ -170,8 +172,15 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             engine.save(folder)
             torch.save(_train_state_dict(state, ema, dequant_gen, device), folder / "train_state.pt")
             (folder / "config.yaml").write_text(to_yaml(cfg))
-        meta = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "engine": engine.name,
-                "world_size": 1, "model": cfg.model.name, "validation": state.last_val or None}
+
+        meta = {
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "engine": engine.name,
+            "world_size": 1,
+            "model": cfg.model.name,
+            "validation": state.last_val or None,
+        }
         save_checkpoint(run_dir, state.step, write, meta, cfg.run.keep_last, best)
 
     # -- the steps ------------------------------------------------------------------------------------------------
@@ -225,8 +234,9 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             validate = (step % t.val_every == 0 or step == t.steps) and not state.skips_in_row
             if validate:
                 with ema.applied() if ema is not None else contextlib.nullcontext():
-                    val = mean_loss(model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(),
-                                    device)
+                    val = mean_loss(
+                        model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device
+                    )
                 log.log(step, "val", objective, val)
                 state.last_val = {objective: val}
                 bar.show(val=f"{val:.2f}")
@@ -245,10 +255,14 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     except KeyboardInterrupt:
         found = complete_checkpoints(run_dir)
         if not found:
-            raise Interrupted(f"interrupted at step {state.step}, before the first checkpoint: {run_dir} holds "
-                              "nothing to resume (delete it, or choose another run.name)") from None
-        raise Interrupted(f"interrupted at step {state.step}; the newest checkpoint is {found[0].path}: continue "
-                          f"with `aef-hpc train --resume {run_dir}`") from None
+            raise Interrupted(
+                f"interrupted at step {state.step}, before the first checkpoint: {run_dir} holds "
+                "nothing to resume (delete it, or choose another run.name)"
+            ) from None
+        raise Interrupted(
+            f"interrupted at step {state.step}; the newest checkpoint is {found[0].path}: continue "
+            f"with `aef-hpc train --resume {run_dir}`"
+        ) from None
     finally:
         bar.close()
         log.close()
@@ -267,8 +281,15 @@ def finish(run_dir: Path, cfg: Config, data) -> RunResult:
     trained = restore_checkpoint(open_checkpoint(run_dir), cfg)
     summary, eval_dir = evaluate(trained, data)
     figures = write_samples(trained, data, cfg.eval.grid_samples, cfg.eval.temperature, seed=cfg.eval.seed)
-    figures.append(training_curves(read_metrics(run_dir), trained.model.loss_name, trained.model.num_dims,
-                                   data.levels, run_dir / "samples" / "curves.png"))
+    figures.append(
+        training_curves(
+            read_metrics(run_dir),
+            trained.model.loss_name,
+            trained.model.num_dims,
+            data.levels,
+            run_dir / "samples" / "curves.png",
+        )
+    )
     best_val = trained.checkpoint.meta["validation"][trained.model.loss_name]
     return RunResult(run_dir, trained.model.loss_name, best_val, trained.checkpoint.step, summary, eval_dir, figures)
 

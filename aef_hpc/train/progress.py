@@ -40,8 +40,11 @@ class Progress:
             rate = done / max(now - self.start, 1e-9)
             eta = (self.last - step) / rate if rate > 0 else 0.0
             shown = " ".join(f"{k}={v}" for k, v in self.values.items())
-            print(f"{self.desc} step {step}/{self.last} {shown} {rate:.2f} steps/s eta {_duration(eta)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.desc} step {step}/{self.last} {shown} {rate:.2f} steps/s eta {_duration(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
