@@ -177,8 +177,7 @@ def _bench(args) -> int:
         from .bench import train as train_bench
 
         out = args.out or "bench/train.csv"
-        for r in train_bench.run(out):
-            print(", ".join(f"{k}={v}" for k, v in r.items() if v not in ("", None)))
+        print(train_bench.table(train_bench.run(out)))
         print(f"wrote {out}")
         return 0
     from .bench import data
