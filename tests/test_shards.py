@@ -263,11 +263,12 @@ def test_train_from_shards_end_to_end(tmp_path, capsys, float32_default):
         "train.batch_size=32",
         "eval.grid_samples=8",
         f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=digits",
         "--no-progress",
     ]
     assert main(args) == 0
     assert "test bits/dim:" in capsys.readouterr().out
-    records = (tmp_path / "runs" / "digits" / "eval" / "test_nll.csv").read_text().splitlines()
+    records = next((tmp_path / "runs" / "digits" / "eval").glob("*/records.csv")).read_text().splitlines()
     assert len(records) == 1 + 359
 
 
