@@ -5,6 +5,7 @@
 """
 
 import argparse
+import math
 import sys
 
 from .errors import AEFError, ConfigError
@@ -24,7 +25,6 @@ def _train(args) -> int:
             )
         checkpoint = find_resumable(args.resume)
         cfg = checkpoint_config(checkpoint, args.overrides)
-        print(f"resuming {checkpoint.run_dir} from {checkpoint.path.name}", file=sys.stderr)
     else:
         checkpoint, cfg = None, load_config(args.config, args.overrides)
     result = train(cfg, progress=not args.no_progress, resume=checkpoint)
@@ -56,18 +56,14 @@ def _print_summary(summary: dict, folder) -> None:
 
 def _open_trained(path, overrides):
     from .data import open_data
-    from .evaluate import restore
+    from .evaluate import check_same_data, restore
 
     trained = restore(path, overrides)
     d = trained.cfg.data
     data = open_data(
         d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
     )
-    if tuple(data.image_shape) != tuple(trained.cfg.model.image_shape):
-        raise ConfigError(
-            f"the data's images are {list(data.image_shape)} but the model was trained on "
-            f"{trained.cfg.model.image_shape}: check data.path"
-        )
+    check_same_data(trained.checkpoint, data)
     return trained, data
 
 
@@ -111,8 +107,12 @@ def _sample_options(items: list[str]) -> tuple[dict, list[str]]:
             options[key] = parse(value)
         except ValueError:
             raise ConfigError(f"{key}={value!r} is not {kind}") from None
-    if options["n"] < 1 or not options["temperature"] > 0:
-        raise ConfigError(f"n={options['n']} must be at least 1 and temperature={options['temperature']} positive")
+    if not 1 <= options["n"] <= 1_000_000 or not 0 < options["temperature"] < math.inf:
+        raise ConfigError(
+            f"n={options['n']} must be 1 to 1,000,000 and temperature={options['temperature']} positive and finite"
+        )
+    if not 0 <= options["seed"] < 2**63:
+        raise ConfigError(f"seed={options['seed']} must be in [0, 2**63)")
     return options, overrides
 
 
@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except AEFError as exc:
         print(f"aef-hpc: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("aef-hpc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def test_weights_of_another_model_or_shape_are_refused(tmp_path):
         (["eval", "{tmp}/fake"], "is not an aef_hpc checkpoint"),
         (["eval", "{tmp}/nothing-here"], "does not exist"),
         (["eval", "{tmp}"], "holds no complete aef_hpc checkpoint"),
-        (["sample", "{run}", "n=0"], "n=0 must be at least 1"),
+        (["sample", "{run}", "n=0"], "n=0 must be 1 to 1,000,000"),
         (["sample", "{run}", "deviations=maybe"], "deviations='maybe' is not true or false"),
         (["sample", "{run}", "temperature=hot"], "temperature='hot' is not a float"),
     ],
@@ -198,3 +198,40 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, runs, args, match):
 def test_every_verb_has_help(verb):
     proc = subprocess.run([exe(), verb, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage: aef-hpc" in proc.stdout and len(proc.stdout) > 200
+
+
+def test_eval_reproduces_the_final_test_after_a_resume_with_eval_overrides(tmp_path, runs, float32_default):
+    run = tmp_path / "vae"
+    shutil.copytree(runs / "vae", run)
+    assert main(["train", "--resume", str(run), "eval.num_samples=3", "--no-progress"]) == 0
+    trained_records = records_of(run)
+    assert summary_of(run)["num_samples"] == 3
+    assert main(["eval", str(run)]) == 0
+    assert records_of(run) == trained_records
+
+
+def test_eval_on_other_data(tmp_path, runs, float32_default):
+    """Other pixel levels are refused; other data of the same kind never overwrites the run's own records."""
+    import numpy as np
+
+    from aef_hpc.data import load_digits_images, write_shards
+
+    digits = load_digits_images()[0].numpy()
+    np.save(tmp_path / "wide.npy", (digits.astype(np.int64) * 15).astype(np.uint8))  # 8-bit data: 256 levels
+    write_shards(str(tmp_path / "wide.npy"), tmp_path / "wide", progress=False)
+    run = tmp_path / "center"
+    shutil.copytree(runs / "center", run)
+    proc = subprocess.run([exe(), "eval", str(run), f"data.path={tmp_path / 'wide'}"], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "256 pixel levels" in lines[0] and "17" in lines[0]
+    own = records_of(run)
+    assert main(["eval", str(run), "data.seed=4"]) == 0, "another split of the digits: the same kind of data"
+    assert records_of(run) == own
+    assert len(list((run / "eval").glob("*-test-data-*/records.csv"))) == 1
+
+
+def test_eval_of_a_checkpoint_folder_kept_elsewhere_writes_beside_it(tmp_path, runs, float32_default):
+    best = (runs / "center" / "checkpoints" / "best").read_text().strip()
+    shutil.copytree(runs / "center" / "checkpoints" / best, tmp_path / "kept" / best)
+    assert main(["eval", str(tmp_path / "kept" / best)]) == 0
+    assert (tmp_path / "kept" / "eval" / f"{best}-test" / "summary.json").is_file()

@@ -20,31 +20,37 @@ from aef_hpc.train.schedule import build_scheduler, lr_factor
 TINY = ["train.batch_size=16", "model.architecture=mlp", "eval.grid_samples=4", "--no-progress"]
 
 
-def test_cosine_schedule_with_warmup():
+def test_cosine_schedule_with_warmup_uses_min_lr_at_the_last_step(tmp_path, float32_default):
     cfg = load_config(
         overrides=[
-            "train.steps=110",
+            "train.steps=111",
             "train.lr_schedule=cosine",
             "train.warmup_steps=10",
             "train.lr=1e-3",
             "train.min_lr=1e-4",
         ]
     ).train
-    factors = [lr_factor(s, cfg) for s in range(cfg.steps + 1)]
+    factors = [lr_factor(k, cfg) for k in range(cfg.steps)]
     assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert factors[10] == pytest.approx(1.0)
     assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
-    assert factors[110] == pytest.approx(0.1)
+    assert factors[110] == pytest.approx(0.1), "the last step uses min_lr"
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     constant = load_config(overrides=["train.warmup_steps=4"]).train
-    assert [lr_factor(s, constant) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+    assert [lr_factor(k, constant) for k in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     scheduler = build_scheduler(optimizer, cfg)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4), "the first step: 1/10 of the warmup"
     for _ in range(60):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * factors[60])
+    # the loop logs the LR each step used: the first warmup step's, and min_lr at the last step
+    args = ["train.steps=6", "train.val_every=6", "train.log_every=1", "train.lr_schedule=cosine"]
+    args += ["train.warmup_steps=2", "train.lr=1e-3", "train.min_lr=1e-5"]
+    assert main(["train", f"run.out_dir={tmp_path}", "run.name=r", *args, *TINY]) == 0
+    lrs = [float(r["value"]) for r in metrics(tmp_path / "r") if r["metric"] == "lr"]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
 
 
 def _engine(accumulate, seed=0):

@@ -233,3 +233,70 @@ def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
     err = proc.communicate(timeout=60)[1].strip().splitlines()
     assert proc.returncode == 130 and "interrupted at step" in err[-1] and f"--resume {run}" in err[-1], err
     assert find_resumable(run).step >= 2
+
+
+def test_an_early_stopped_run_resumes_to_its_final_test_only(tmp_path, float32_default, monkeypatch):
+    values = iter([5.0, 4.0, 4.5, 4.6, 4.7])
+    monkeypatch.setattr("aef_hpc.train.loop.mean_loss", lambda *a, **k: next(values))
+    args = ["train.steps=100", "train.val_every=2", "train.patience=6", "train.batch_size=16"]
+    args += ["model.architecture=mlp", "eval.grid_samples=4", "--no-progress"]
+    assert main(["train", f"run.out_dir={tmp_path}", "run.name=r", *args]) == 0
+    assert find_resumable(tmp_path / "r").step == 10
+    monkeypatch.setattr("aef_hpc.train.loop.mean_loss", lambda *a, **k: pytest.fail("no training after a stop"))
+    assert main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert find_resumable(tmp_path / "r").step == 10
+    monkeypatch.setattr("aef_hpc.train.loop.mean_loss", lambda *a, **k: 1.0)
+    assert main(["train", "--resume", str(tmp_path / "r"), "train.patience=20", "--no-progress"]) == 0
+    assert find_resumable(tmp_path / "r").step == 32, "a larger patience trains on (best at 12, stop 20 later)"
+
+
+def test_resume_repairs_a_best_pointer_a_kill_cut_off(tmp_path, finished_run):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    best = (run / "checkpoints" / "best").read_text().strip()
+    others = sorted(p.name for p in (run / "checkpoints").glob("step-*") if p.name != best)
+    (run / "checkpoints" / "best").write_text(others[0] + "\n")  # as if killed before the pointer moved
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "checkpoints" / "best").read_text().strip() == best
+
+
+def test_a_run_in_use_is_not_resumed_twice(tmp_path, finished_run):
+    from aef_hpc.train.run_dir import lock_run
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    with lock_run(run):
+        proc = subprocess.run(
+            [aef_hpc_exe(), "train", "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=60
+        )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "is being trained by another process" in lines[0]
+
+
+@pytest.mark.parametrize("damage", ["junk", "text", "ints"])
+def test_checkpoint_files_that_are_not_ours_are_one_line(tmp_path, finished_run, damage):
+    """Even with a meta.json that matches them (rewritten), foreign files never give a traceback."""
+    import json
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    folder = run / "checkpoints" / "step-000006"
+    target = folder / "model.pt"
+    if damage == "junk":
+        target.write_bytes(b"\x80\x04junk")
+    elif damage == "text":
+        target.write_text("hello")
+    else:
+        torch.save({"a": 1, "b": 2}, target)
+    meta = json.loads((folder / "meta.json").read_text())
+    import hashlib
+
+    meta["files"]["model.pt"] = {
+        "bytes": target.stat().st_size,
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    for verb in (["eval", str(folder)], ["train", "--resume", str(run), "--no-progress"]):
+        proc = subprocess.run([aef_hpc_exe(), *verb], capture_output=True, text=True, timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "model.pt" in lines[0], proc.stderr

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import CheckpointError
 
 FORMAT = "aef_hpc-checkpoint"
@@ -52,6 +54,22 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def load_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """``torch.load(weights_only=True)`` of a checkpoint file that must hold a dict (with ``keys``); anything else
+    (not ours, damaged, another format) is one ``CheckpointError`` line naming the file."""
+    try:
+        with warnings.catch_warnings():  # torch's own warnings about a foreign pickle: the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001  unpickling errors have many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a checkpoint file aef_hpc can read ({reason[:200]})") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if not isinstance(state, dict) or missing:
+        raise CheckpointError(f"{path} is not an aef_hpc checkpoint file (no {missing[0] if missing else 'dict'})")
+    return state
+
+
 @dataclass
 class Checkpoint:
     """A complete checkpoint folder and its ``meta.json``."""
@@ -65,7 +83,8 @@ class Checkpoint:
 
     @property
     def run_dir(self) -> Path:
-        return self.path.parent.parent
+        """``RUN`` of ``RUN/checkpoints/step-N``; for a checkpoint folder kept elsewhere, the folder around it."""
+        return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
 
     def verify(self) -> None:
         """Raise ``CheckpointError`` unless every file has the size and sha256 that ``meta.json`` records."""
@@ -115,6 +134,14 @@ def save_checkpoint(
     return Checkpoint(final, meta)
 
 
+def point_best(run_dir: Path, step: int) -> None:
+    """Point ``best`` at ``step``'s checkpoint when that exists (a resumed run repairs a pointer a kill cut off)."""
+    root = Path(run_dir) / "checkpoints"
+    name = step_name(step)
+    if step and (root / name / "meta.json").exists() and _pointer(root, "best") != name:
+        write_atomic(root / "best", name + "\n")
+
+
 def _pointer(root: Path, name: str) -> str | None:
     try:
         return (root / name).read_text().strip() or None
@@ -136,7 +163,8 @@ def _read_meta(folder: Path) -> dict | None:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT and "files" in meta else None
+    ours = isinstance(meta, dict) and meta.get("format") == FORMAT
+    return meta if ours and isinstance(meta.get("step"), int) and isinstance(meta.get("files"), dict) else None
 
 
 def _complete(root: Path) -> list[Checkpoint]:
@@ -197,6 +225,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     best = _pointer(root, "best")
     candidates = complete_checkpoints(path)
     if best is not None:
+        if best not in {c.path.name for c in candidates}:
+            warnings.warn(
+                f"{root / 'best'} names {best}, which is missing or incomplete: using the newest checkpoint instead",
+                stacklevel=2,
+            )
         candidates = [c for c in candidates if c.path.name == best] + [c for c in candidates if c.path.name != best]
     found = _first_intact(candidates)
     if found is None:

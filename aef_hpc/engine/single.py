@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .checkpoint import load_file
 
 ENGINE_FILES = ("model.pt", "optimizer.pt")
 
@@ -27,6 +28,8 @@ class StepResult:
     stepped: bool
     loss: torch.Tensor
     grad_norm: torch.Tensor
+    lr: float
+    """the learning rate this step used (or would have)"""
 
 
 class SingleEngine:
@@ -62,6 +65,7 @@ class SingleEngine:
         if self._micro % self.accumulate:
             return None
         params = [p for p in self.model.parameters() if p.grad is not None]
+        lr = self.optimizer.param_groups[0]["lr"]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         ok = torch.isfinite(self._loss_sum) & torch.isfinite(norm) & (norm <= self.skip_threshold)
         stepped = bool(ok)  # the one host synchronisation of a step
@@ -72,7 +76,7 @@ class SingleEngine:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss, self._loss_sum = self._loss_sum / self.accumulate, None
-        return StepResult(stepped, loss, norm.detach())
+        return StepResult(stepped, loss, norm.detach(), lr)
 
     def unwrap(self) -> torch.nn.Module:
         return self.model
@@ -87,7 +91,7 @@ class SingleEngine:
 
     def load(self, folder: Path) -> None:
         load_model_weights(self.model, folder / "model.pt")
-        state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+        state = load_file(folder / "optimizer.pt", ("optimizer", "scheduler"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -95,7 +99,9 @@ class SingleEngine:
 def load_model_weights(model: torch.nn.Module, path: Path, state: dict | None = None) -> None:
     """Load ``path`` (or an already loaded ``state``) into ``model``; a mismatch is one ``CheckpointError`` line."""
     if state is None:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        state = load_file(path)
+    if not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path} is not an aef_hpc checkpoint file (its values are not all tensors)")
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or extra:

@@ -6,6 +6,8 @@ for exact likelihoods) and ``summary.json``. The training run's final test is th
 checkpoint, so ``aef-hpc eval RUN`` reproduces it exactly.
 """
 
+import csv
+import io
 import json
 import math
 import time
@@ -104,15 +106,16 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
     summary.update(_image_metrics(trained, data))
     summary["seconds"] = round(time.monotonic() - started, 3)
 
-    out = trained.checkpoint.run_dir / "eval" / f"{trained.checkpoint.path.name}-{e.split}"
+    tag = f"-data-{trained.data_tag}" if trained.data_tag else ""  # other data never overwrites the run's own
+    out = trained.checkpoint.run_dir / "eval" / f"{trained.checkpoint.path.name}-{e.split}{tag}"
     out.mkdir(parents=True, exist_ok=True)
     ess = result.ess.tolist() if result.ess is not None else [None] * len(result.keys)
     rows = zip(result.keys, result.nll.tolist(), bpd.tolist(), ess, strict=True)
-    write_atomic(
-        out / "records.csv",
-        "key,nll_nats,bits_per_dim,ess\n"
-        + "".join(f"{k},{n!r},{b!r},{'' if s is None else repr(s)}\n" for k, n, b, s in rows),
-    )
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["key", "nll_nats", "bits_per_dim", "ess"])
+    writer.writerows((k, repr(n), repr(b), "" if s is None else repr(s)) for k, n, b, s in rows)
+    write_atomic(out / "records.csv", text.getvalue())
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary, out
 

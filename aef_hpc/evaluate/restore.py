@@ -1,14 +1,17 @@
 """A trained model back from a run folder or checkpoint folder: its config, weights (EMA when trained with one)
 and device; ``aef-hpc eval`` and ``aef-hpc sample`` start here, and so does the training run's own final test."""
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import Config, from_yaml
 from ..engine import Checkpoint, open_checkpoint
+from ..engine.checkpoint import load_file
 from ..engine.single import load_model_weights
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import GenerativeAutoencoder
 from ..models.from_config import model_from_config
 
@@ -21,6 +24,8 @@ class Trained:
     device: torch.device
     ema: bool
     """whether the weights are the exponential moving average"""
+    data_tag: str = ""
+    """``""`` for the data the model was trained on, else a short tag of the other data (names eval folders)"""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,11 +39,17 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
 
 
-def checkpoint_config(checkpoint: Checkpoint, overrides: list[str] = ()) -> Config:
-    """The config a checkpoint was written with, ``key=value`` overrides on top; ``model.*`` may not change."""
+def checkpoint_config(checkpoint: Checkpoint, overrides: list[str] = (), base: Path | None = None) -> Config:
+    """The config of ``base`` (default: the one the checkpoint was written with) with ``key=value`` overrides on
+    top; ``model.*`` must stay the checkpoint's."""
     path = checkpoint.path / "config.yaml"
-    saved = from_yaml(path.read_text(), where=str(path))
-    cfg = from_yaml(path.read_text(), overrides, where=str(path))
+    try:
+        saved = from_yaml(path.read_text(), where=str(path))
+        base_text = (base or path).read_text()
+        from_yaml(base_text, where=str(base or path))
+    except OSError as exc:
+        raise CheckpointError(f"{exc.filename}: {exc.strerror}") from None
+    cfg = from_yaml(base_text, overrides, where="the command line")
     changed = [k for k, v in vars(cfg.model).items() if getattr(saved.model, k) != v]
     if changed:
         key = changed[0]
@@ -50,10 +61,17 @@ def checkpoint_config(checkpoint: Checkpoint, overrides: list[str] = ()) -> Conf
 
 
 def restore(path, overrides: list[str] = (), use_ema: bool = True) -> Trained:
-    """Open ``path`` (a run folder: its best checkpoint; or a checkpoint folder) and rebuild its model."""
+    """Open ``path`` and rebuild its model: a run folder gives its best checkpoint with the run's own (latest)
+    config, as its final test used; a checkpoint folder gives that checkpoint with the config it was saved with."""
     checkpoint = open_checkpoint(path)
-    cfg = checkpoint_config(checkpoint, overrides)
-    return restore_checkpoint(checkpoint, cfg, use_ema)
+    run_config = Path(path) / "config.yaml"
+    base = run_config if not (Path(path) / "meta.json").exists() and run_config.is_file() else None
+    cfg = checkpoint_config(checkpoint, overrides, base)
+    trained = restore_checkpoint(checkpoint, cfg, use_ema)
+    trained_on = checkpoint_config(checkpoint, (), base).data
+    if cfg.data != trained_on:
+        trained.data_tag = hashlib.sha256(repr(vars(cfg.data)).encode()).hexdigest()[:8]
+    return trained
 
 
 def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> Trained:
@@ -61,10 +79,25 @@ def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True
     if cfg.model.image_shape is None:
         raise CheckpointError(f"{checkpoint.path}/config.yaml records no model.image_shape: not a complete run")
     model = model_from_config(cfg.model, cfg.model.image_shape)
-    state = torch.load(checkpoint.path / "model.pt", weights_only=True, map_location="cpu")
+    state = load_file(checkpoint.path / "model.pt")
     ema = None
     if use_ema and cfg.train.ema_rate > 0:
-        ema = torch.load(checkpoint.path / "train_state.pt", weights_only=True, map_location="cpu")["ema"]
+        ema = load_file(checkpoint.path / "train_state.pt", ("ema",))["ema"]
         state = {**state, **(ema or {})}
     load_model_weights(model, checkpoint.path / "model.pt", state)
     return Trained(cfg, checkpoint, model.to(device).eval(), device, ema is not None)
+
+
+def check_same_data(checkpoint: Checkpoint, data) -> None:
+    """Resuming or evaluating on data with other images or pixel levels than the model was trained on is refused."""
+    shape, levels = checkpoint.meta.get("image_shape"), checkpoint.meta.get("levels")
+    if shape is not None and list(shape) != list(data.image_shape):
+        raise DataError(
+            f"the data's images are {list(data.image_shape)} but {checkpoint.path} was trained on "
+            f"{shape}: check data.path"
+        )
+    if levels is not None and levels != data.levels:
+        raise DataError(
+            f"the data has {data.levels} pixel levels but {checkpoint.path} was trained on {levels}: "
+            "bits/dim would be wrong; check data.path"
+        )

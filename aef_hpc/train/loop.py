@@ -7,8 +7,10 @@ checkpoint holds the model, optimizer, schedule, EMA, step, epoch and batch with
 """
 
 import contextlib
+import dataclasses
 import math
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +20,11 @@ import torch
 from ..config import Config, to_yaml
 from ..data import dequantize, open_data
 from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkpoint, save_checkpoint
-from ..engine.checkpoint import write_atomic
+from ..engine.checkpoint import load_file, point_best, step_name, write_atomic
 from ..errors import AEFError, DataError
 from ..evaluate import (
     check_fid_weights,
+    check_same_data,
     evaluate,
     mean_loss,
     resolve_device,
@@ -34,7 +37,7 @@ from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
 from .ema import EMA
 from .progress import Progress
-from .run_dir import MetricsLog, new_run_dir, read_metrics, write_env
+from .run_dir import MetricsLog, lock_run, new_run_dir, read_metrics, write_env
 from .schedule import build_scheduler
 
 
@@ -81,6 +84,9 @@ class TrainState:
     loss_sum: float = 0.0
     """the objective summed over the steps since the last log line, and their count"""
     loss_count: int = 0
+    validation_due: bool = False
+    """a validation fell inside a run of skipped steps and runs at the next good step"""
+    stopped_early: bool = False
 
 
 @dataclass
@@ -144,6 +150,8 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
         d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
     )
     cfg = check_data_matches_model(data, cfg)
+    if resume is not None:
+        check_same_data(resume, data)
     torch.manual_seed(t.seed)
     model = model_from_config(cfg.model, data.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
@@ -151,16 +159,20 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
         model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate, t.skip_threshold, t.compile
     )
     ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
-    dequant_gen = torch.Generator().manual_seed(t.seed + 1)
+    dequant_gen = torch.Generator(device).manual_seed(t.seed + 1)  # noise made where it is used: no copy, no sync
     state = TrainState()
 
     # -- a new run folder, or the state of the run being resumed ---------------------------------------------------
     if resume is None:
         run_dir = new_run_dir(cfg)
+        lock = lock_run(run_dir)  # noqa: F841  held until this function returns
     else:
         run_dir = resume.run_dir
+        lock = lock_run(run_dir)  # noqa: F841
         engine.load(resume.path)
         state = _load_train_state(resume.path, ema, dequant_gen, device)
+        point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
+        print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
     write_atomic(run_dir / "config.yaml", to_yaml(cfg))
     write_env(run_dir, device, world_size=1, resumed_from=None if resume is None else state.step)
     log = MetricsLog(run_dir, None if resume is None else state.step)
@@ -179,6 +191,8 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             "engine": engine.name,
             "world_size": 1,
             "model": cfg.model.name,
+            "image_shape": list(data.image_shape),
+            "levels": data.levels,
             "validation": state.last_val or None,
         }
         save_checkpoint(run_dir, state.step, write, meta, cfg.run.keep_last, best)
@@ -190,13 +204,16 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     objective = model.loss_name
     bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress, t.progress_every)
     running, counted = torch.tensor(state.loss_sum, device=device), state.loss_count
+    if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
+        state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
+    last = state.step if state.stopped_early else t.steps
     try:
-        for step in range(state.step + 1, t.steps + 1):
+        for step in range(state.step + 1, last + 1):
             model.train()
             for _ in range(t.accumulate):
                 epoch, index, batch = next(batches)
                 state.skipped_samples += batch.skipped
-                x = dequantize(batch.images, data.levels, dequant_gen).to(device)
+                x = dequantize(batch.images.to(device, non_blocking=True), data.levels, dequant_gen)
                 if d.noise_std > 0:
                     x = add_noise(x, d.noise_std, dequant_gen)
                 with autocast:
@@ -222,7 +239,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 value = (running / counted).item()  # a host synchronisation, every log_every steps only
                 running, counted = torch.zeros((), device=device), 0
                 log.log(step, "train", objective, value)
-                log.log(step, "train", "lr", optimizer.param_groups[0]["lr"])
+                log.log(step, "train", "lr", result.lr)
                 log.log(step, "train", "epoch", epoch)
                 log.log(step, "train", "skipped_samples", state.skipped_samples)
                 log.log(step, "train", "skipped_steps", state.skipped_steps)
@@ -230,9 +247,11 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 if objective in ("nll", "neg_elbo", "neg_iwae_bound"):
                     shown["bpd"] = f"{bits_per_dim(value, model.num_dims, data.levels):.3f}"
                 bar.show(**shown)
-            # no validation or checkpoint inside a run of skipped steps: the newest checkpoint stays a good one
-            validate = (step % t.val_every == 0 or step == t.steps) and not state.skips_in_row
-            if validate:
+            # no validation or checkpoint inside a run of skipped steps (the newest checkpoint stays a good one):
+            # a validation due then runs at the next good step
+            state.validation_due |= step % t.val_every == 0 or step == t.steps
+            if state.validation_due and not state.skips_in_row:
+                state.validation_due = False
                 with ema.applied() if ema is not None else contextlib.nullcontext():
                     val = mean_loss(
                         model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device
@@ -243,14 +262,16 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 best = math.isfinite(val) and val < state.best_val
                 if best:
                     state.best_val, state.best_step = val, step
+                state.stopped_early = bool(t.patience) and step - state.best_step >= t.patience and step < t.steps
+                if state.stopped_early:
+                    log.log(step, "train", "early_stop", 1)
+                log.flush()  # the log first: a kill during the checkpoint loses no line written before it
                 checkpoint(best)
-                log.flush()
             elif t.checkpoint_every and step % t.checkpoint_every == 0 and not state.skips_in_row:
-                checkpoint(best=False)
                 log.flush()
+                checkpoint(best=False)
             bar.step(step)
-            if validate and t.patience and step - state.best_step >= t.patience and step < t.steps:
-                log.log(step, "train", "early_stop", 1)
+            if state.stopped_early:
                 break
     except KeyboardInterrupt:
         found = complete_checkpoints(run_dir)
@@ -267,18 +288,28 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
         bar.close()
         log.close()
 
+    if not state.last_val:
+        raise TrainingDiverged(
+            f"no validation ran: every one fell inside a run of skipped steps (train.skip_threshold="
+            f"{t.skip_threshold}); lower train.lr or raise train.skip_threshold"
+        )
     if not math.isfinite(state.best_val):
         raise TrainingDiverged(
             f"every validation of {objective} was non-finite (last: {state.last_val.get(objective)}): no best "
             "checkpoint to evaluate; lower train.lr, set train.skip_threshold, or check the data"
         )
-    return finish(run_dir, cfg, data)
+    try:
+        return finish(run_dir, cfg, data, state.best_step)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {run_dir}`"
+        ) from None
 
 
-def finish(run_dir: Path, cfg: Config, data) -> RunResult:
+def finish(run_dir: Path, cfg: Config, data, best_step: int) -> RunResult:
     """The best checkpoint's test evaluation, sample grid and the training curves: the same code as
     ``aef-hpc eval`` and ``aef-hpc sample``, so those reproduce these numbers."""
-    trained = restore_checkpoint(open_checkpoint(run_dir), cfg)
+    trained = restore_checkpoint(open_checkpoint(run_dir / "checkpoints" / step_name(best_step)), cfg)
     summary, eval_dir = evaluate(trained, data)
     figures = write_samples(trained, data, cfg.eval.grid_samples, cfg.eval.temperature, seed=cfg.eval.seed)
     figures.append(
@@ -302,7 +333,7 @@ def _train_state_dict(state: TrainState, ema, dequant_gen, device) -> dict:
 
 
 def _load_train_state(folder: Path, ema, dequant_gen, device) -> TrainState:
-    saved = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
+    saved = load_file(folder / "train_state.pt", ("rng", "ema", "step"))
     rng = saved.pop("rng")
     ema_state = saved.pop("ema")
     torch.set_rng_state(rng["torch"])
@@ -311,4 +342,5 @@ def _load_train_state(folder: Path, ema, dequant_gen, device) -> TrainState:
         torch.cuda.set_rng_state(rng["cuda"], device)
     if ema is not None:
         ema.load_state_dict(ema_state)
-    return TrainState(**saved)
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{k: v for k, v in saved.items() if k in known})

@@ -7,6 +7,7 @@ drops every row and event after its checkpoint's step, so the log reads as one u
 
 import csv
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -46,6 +47,24 @@ def new_run_dir(cfg: Config) -> Path:
     if not os.access(path, os.W_OK):
         raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {path} is not writable")
     return path
+
+
+def lock_run(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir/.lock`` while this process trains it (released when the returned file
+    is closed or the process ends); a second ``train`` or ``--resume`` of the same folder stops with one line."""
+    handle = open(run_dir / ".lock", "a+")
+    try:  # a POSIX record lock: it dies with this process, not with forked data-loader workers that share the file
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"run folder {run_dir} is being trained by another process: wait for it, or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _git(*args: str) -> str | None:
