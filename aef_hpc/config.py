@@ -59,6 +59,8 @@ class DataConfig:
     """seed of the embedded dataset's train/validation/test split and of the shard order"""
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    on_bad_shard: str = "error"
+    """a missing or corrupt training shard: error (before training starts) | skip (dropped, counted)"""
     noise_std: float = 0.0
     """denoising (method.md §4.3): train on clamp(x + N(0, noise_std^2), 0, 1); 0 trains on clean data"""
 
@@ -180,6 +182,7 @@ _CHOICES = {
     "kernels": ("auto", "triton", "eager"),
     "train.lr_schedule": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16"),
+    "data.on_bad_shard": ("error", "skip"),
     "eval.split": ("test", "val", "train"),
 }
 

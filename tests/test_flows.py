@@ -26,7 +26,8 @@ def vectors(b=3, d=5):
 
 def initialized_actnorm(channels, x):
     norm = ActNorm(channels)
-    norm(x)  # data-dependent init in training mode
+    norm.arm()
+    norm(x)  # data-dependent init
     randomize(norm, 0.2)
     return norm.eval()
 
@@ -97,9 +98,12 @@ def test_actnorm_data_dependent_init_and_state_roundtrip():
     x = 3.0 + 2.0 * torch.randn(64, 3, 4, 4)
     norm = ActNorm(3)
     y, _ = norm(x)
+    assert not bool(norm.initialized) and torch.equal(y, x / (1 + 1e-5)), "the identity until initialised"
+    norm.arm()
+    y, _ = norm(x)
     assert bool(norm.initialized)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-6, rtol=0)
-    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)  # unbiased, as nflows
     buffer = io.BytesIO()
     torch.save(norm.state_dict(), buffer)
     buffer.seek(0)
@@ -107,7 +111,7 @@ def test_actnorm_data_dependent_init_and_state_roundtrip():
     restored.load_state_dict(torch.load(buffer))
     assert bool(restored.initialized)
     x2 = torch.randn(5, 3, 4, 4)
-    restored.train()  # already initialised: training mode must not re-initialise
+    restored.train()  # training mode alone never re-initialises
     torch.testing.assert_close(restored(x2)[0], norm(x2)[0])
 
 
@@ -134,3 +138,28 @@ def test_unknown_flow_and_bad_alpha():
         build_flow("realnvp", 3)
     with pytest.raises(DataError, match="alpha=0.5"):
         LogitPreprocess(0.5)
+
+
+def test_residual_made_computes_the_nflows_function_by_hand():
+    """Fixed weights, one residual block, d=2, hidden 2: the outputs computed by hand (nflows' ResidualMADE:
+    initial -> x + W2 relu(W1 relu(x)) -> final, no activation before the final layer)."""
+    from aef_hpc.flows import ResidualMADE
+
+    made = ResidualMADE(2, hidden=2, num_blocks=1, outputs_per_feature=1)
+    with torch.no_grad():
+        for layer in (made.initial, made.blocks[0].first, made.blocks[0].second, made.final):
+            layer.weight.fill_(0.0)
+            layer.bias.fill_(0.0)
+        made.initial.weight.copy_(torch.tensor([[2.0, 0.0], [-3.0, 0.0]]))  # hidden degrees 1, 1 see x1 only
+        made.initial.bias.copy_(torch.tensor([0.5, 0.25]))
+        made.blocks[0].first.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
+        made.blocks[0].second.weight.copy_(torch.tensor([[0.5, 0.0], [0.0, -1.0]]))
+        made.final.weight.copy_(torch.tensor([[7.0, 7.0], [1.0, 1.0]]))  # output 1 masked off, output 2 sees h
+        made.final.bias.copy_(torch.tensor([0.1, 0.2]))
+    x = torch.tensor([[1.0, 5.0]])
+    h0 = torch.tensor([2.0 * 1 + 0.5, -3.0 * 1 + 0.25])  # [2.5, -2.75]
+    r = torch.relu(h0)  # [2.5, 0]
+    t = torch.relu(torch.tensor([r[0] + r[1], r[1]]))  # [2.5, 0]
+    h = h0 + torch.tensor([0.5 * t[0], -1.0 * t[1]])  # [3.75, -2.75]: negative, kept (no ReLU before final)
+    want = torch.tensor([0.1, 0.2 + h[0] + h[1]])  # output 1 depends on nothing (degree 1), output 2 on h
+    torch.testing.assert_close(made(x).reshape(-1), want)

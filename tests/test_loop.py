@@ -64,7 +64,7 @@ def _engine(accumulate, seed=0):
 def test_gradient_accumulation_equals_one_big_batch():
     x = torch.rand(3, 16, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     one, two = _engine(1), _engine(2)
-    one.loss(x[0]), two.loss(x[0])  # ActNorm initialises from the same (whole) batch in both
+    one.unwrap().initialize(x[0]), two.unwrap().initialize(x[0])  # ActNorm from the same (whole) batch
     for batch in x:
         assert one.backward_and_step(one.loss(batch).mean()).stepped
         assert two.backward_and_step(two.loss(batch[:8]).mean()) is None, "not a boundary yet"
@@ -76,7 +76,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_a_non_finite_or_too_large_step_changes_nothing():
     engine = _engine(1)
     x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
-    engine.loss(x)  # ActNorm initialises on the first training forward
+    engine.unwrap().initialize(x)
     before = [p.detach().clone() for p in engine.unwrap().parameters()]
     result = engine.backward_and_step(engine.loss(x).mean() * float("nan"))
     assert not result.stepped

@@ -154,7 +154,7 @@ def test_pickle_members_are_never_unpickled(tmp_path):
         "splits": {"train": [{"name": "train-000000.tar", "count": 3, "sha256": "", "bytes": 0}]},
     }
     (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
-    source = ShardSource(str(tmp_path / "ds"))
+    source = ShardSource(str(tmp_path / "ds"), on_bad_shard="skip")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         batches = [b for epoch in range(5) for b in source.train_epoch(epoch, 1)]
@@ -181,7 +181,7 @@ def damaged(tmp_path):
 
 def test_training_skips_and_counts_corrupt_data(damaged, float32_default):
     path, manifest, _ = damaged
-    source = ShardSource(str(path), num_workers=0, shuffle_buffer=50)
+    source = ShardSource(str(path), num_workers=0, shuffle_buffer=50, on_bad_shard="skip")
     with pytest.warns(UserWarning, match="skipping corrupt data"):
         batches = list(source.train_epoch(0, 32))
     assert len(batches) == manifest.count("train") // 32
@@ -425,14 +425,14 @@ def test_failing_pipe_command(tmp_path):
         list(ShardSource(template, manifest=str(good / "manifest.json")).eval_batches("train", 4))
     with pytest.raises(DataError, match="no readable sample in any training shard"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        list(ShardSource(template, manifest=str(good / "manifest.json")).train_epoch(0, 1))
+        list(ShardSource(template, manifest=str(good / "manifest.json"), on_bad_shard="skip").train_epoch(0, 1))
 
 
 def test_training_counts_a_short_single_shard_and_no_false_alarms(tmp_path):
     members = [(f"{i}.{ext}", TINY if ext == "npy" else b"0") for i in range(3) for ext in ("npy", "cls")]
     short = _tiny_dataset(tmp_path / "short", {"train-000000.tar": (members, 5)}, "train")
     with pytest.warns(UserWarning, match="read 3 of 5 samples"):
-        batches = list(ShardSource(str(short), shuffle_buffer=2).train_epoch(0, 1))
+        batches = list(ShardSource(str(short), shuffle_buffer=2, on_bad_shard="skip").train_epoch(0, 1))
     assert len(batches) == 5 and sum(b.skipped for b in batches) >= 2
     whole = _tiny_dataset(
         tmp_path / "whole", {"train-000000.tar": (members, 3), "train-000001.tar": (members, 3)}, "train"
@@ -453,3 +453,53 @@ def test_evaluation_detects_a_modified_pixel(tmp_path):
     write_tar(tmp_path / "test-000000.tar", members)
     with pytest.raises(DataError, match="test-000000.tar: its sha256 or size differs"):
         list(ShardSource(str(tmp_path)).eval_batches("test", 64))
+
+
+def test_training_stream_stops_at_corrupt_data_by_default(damaged, float32_default):
+    path, _, _ = damaged
+    with pytest.raises(DataError, match=r"train-00000[12].tar.*data.on_bad_shard=skip"):
+        list(ShardSource(str(path), num_workers=2, shuffle_buffer=50).train_epoch(0, 32))
+
+
+def test_a_corrupt_training_shard_stops_the_run_before_training(tmp_path, float32_default):
+    """One flipped byte: the run stops before anything is written, naming the shard; with
+    data.on_bad_shard=skip it trains without that shard and metrics.csv counts its samples."""
+    import csv
+
+    digits_shards(tmp_path / "shards")
+    shard = tmp_path / "shards" / "train-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[5000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    args = [
+        "train",
+        f"data.path={tmp_path / 'shards'}",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=r",
+        "train.steps=2",
+        "train.val_every=2",
+        "train.log_every=1",
+        "train.batch_size=16",
+        "model.architecture=mlp",
+        "eval.grid_samples=4",
+        "--no-progress",
+    ]
+    assert main(args) == 2
+    assert not (tmp_path / "runs").exists(), "nothing written"
+    with pytest.warns(UserWarning, match="skipping training shard .*train-000001.tar"):
+        assert main([*args, "data.on_bad_shard=skip"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "r" / "metrics.csv")))
+    skipped = [int(float(r["value"])) for r in rows if r["metric"] == "skipped_samples"]
+    assert skipped and skipped[-1] == 300, "the dropped shard's 300 samples are counted"
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_bad_validation_or_test_shard_stops_the_run_before_training(tmp_path, split, capsys):
+    digits_shards(tmp_path / "shards")
+    shard = tmp_path / "shards" / f"{split}-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    args = ["train", f"data.path={tmp_path / 'shards'}", f"run.out_dir={tmp_path / 'runs'}", "data.on_bad_shard=skip"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{split} shard" in err and f"{split}-000000.tar" in err and "truncated" in err
+    assert not (tmp_path / "runs").exists()

@@ -7,7 +7,7 @@ paper's flows: a MAF prior, a MAF core flow for the AEFs and an IAF posterior fl
 Cases: ``small`` (1×28×28, latent 2, batch 128, alpha 1e-6) and ``big`` (3×64×64, latent 64, batch 16,
 alpha 0.05). One step is the training loop's: ``model.loss(x).mean()``, ``backward``, ``clip_grad_norm_(200)``,
 Adam, ``zero_grad(set_to_none=True)``, on one batch of random dequantized images made once, untimed.
-ActNorm layers are initialised by one training-mode ``model.loss(x)`` (no grad) before any step or compile.
+ActNorm layers are initialised by ``model.initialize(x)`` before any step or compile.
 
 ``compiled`` wraps the loss in ``torch.compile`` (column ``compiled_part``: ``loss``, i.e. the forward and, through
 AOTAutograd, its backward; clipping and Adam stay eager). Warm-up steps are untimed; the first one, where
@@ -201,7 +201,7 @@ def _measure(row, model_name, case, mode, batch, warmup, repeats, device, part) 
     model = build(model_name, case).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     with torch.no_grad():
-        model.loss(x)  # ActNorm's data-dependent initialisation, before any compile
+        model.initialize(x)  # ActNorm's data-dependent initialisation, before any compile
 
     def loss_of(images):
         return model.loss(images).mean()

@@ -22,10 +22,11 @@ def open_data(
     seed: int,
     num_workers: int = 0,
     shuffle_buffer: int = 1000,
+    on_bad_shard: str = "error",
 ):
     """``ShardSource`` for ``path`` (a shard folder or URL template), else the embedded dataset ``name``."""
     if path:
-        return ShardSource(path, manifest, num_workers, shuffle_buffer, seed)
+        return ShardSource(path, manifest, num_workers, shuffle_buffer, seed, on_bad_shard)
     return TensorSource(load_embedded(name, val_fraction, test_fraction, seed), seed)
 
 

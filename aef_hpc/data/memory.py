@@ -25,6 +25,10 @@ class TensorSource:
     def _split(self, split: str) -> torch.Tensor:
         return {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[split]
 
+    def verify(self) -> int:
+        """In memory: nothing to check (the shard interface's ``verify``)."""
+        return 0
+
     def count(self, split: str) -> int:
         return len(self._split(split))
 

@@ -106,12 +106,15 @@ def _url_of(exn: Exception) -> str:
 
 
 class _SkipCounter:
-    """Training handler: warn, count ``n`` skipped samples, go on."""
+    """Training handler: warn, count ``n`` skipped samples, go on (``data.on_bad_shard=skip``); ``strict``: an
+    error naming the shard (the default)."""
 
-    def __init__(self):
-        self.count = 0
+    def __init__(self, strict: bool = False):
+        self.count, self.strict = 0, strict
 
     def __call__(self, exn: Exception, n: int = 1) -> bool:
+        if self.strict:
+            _raise_named(exn, n)
         self.count += n
         warnings.warn(f"skipping corrupt data ({type(exn).__name__}: {exn.args[0] if exn.args else exn})", stacklevel=2)
         return True
@@ -150,9 +153,21 @@ class ShardReader(IterableDataset):
     """
 
     def __init__(
-        self, urls, shards, image_shape, batch_size, train, seed=0, epoch=0, shuffle_buffer=1000, world=(0, 1), start=0
+        self,
+        urls,
+        shards,
+        image_shape,
+        batch_size,
+        train,
+        seed=0,
+        epoch=0,
+        shuffle_buffer=1000,
+        world=(0, 1),
+        start=0,
+        skip_bad=False,
     ):
         super().__init__()
+        self.skip_bad = skip_bad
         self.urls, self.image_shape, self.batch_size, self.train = list(urls), tuple(image_shape), batch_size, train
         self.info = dict(zip(self.urls, shards, strict=True))
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
@@ -224,7 +239,7 @@ class ShardReader(IterableDataset):
         if self.train:  # resume at batch `start`: this worker continues the stream of worker (worker + start) % W
             worker, fast_forward = (worker + self.start) % workers, (worker + self.start) // workers
         if self.train:
-            handler = _SkipCounter()
+            handler = _SkipCounter(strict=not self.skip_bad)
             shards = self._train_shards(worker, workers)
         else:
             handler = _raise_named
@@ -270,6 +285,25 @@ class ShardReader(IterableDataset):
         return batch, keys, torch.tensor(shard_ids)
 
 
+def _local_shard_problem(url: str, shard) -> str | None:
+    """What is wrong with a local shard file (missing, other size, other sha256), or ``None``; remote: ``None``."""
+    if re.match(r"^[A-Za-z][\w+.-]*:", url):
+        return None
+    path = Path(url)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != shard.bytes:
+        return f"{path.stat().st_size} bytes, the manifest says {shard.bytes} (truncated or modified)"
+    if shard.sha256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != shard.sha256:
+            return "its sha256 differs from the manifest's (corrupted or modified)"
+    return None
+
+
 def _one_line(exc: Exception) -> str:
     """A DataLoader worker's error carries its traceback; keep the final message line."""
     last = str(exc).strip().splitlines()[-1]
@@ -286,9 +320,38 @@ class ShardSource:
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
         seed: int = 0,
+        on_bad_shard: str = "error",
     ):
         self.manifest, self.url_of = locate_shards(str(location), manifest)
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
+        self.on_bad_shard = on_bad_shard
+
+    def verify(self) -> int:
+        """Check every local shard's existence, size and sha256 against the manifest before any training: a bad
+        validation or test shard is always an error; a bad training shard is one too, unless
+        ``on_bad_shard="skip"``, which drops it with a warning. Returns the samples dropped. Remote shards
+        (``pipe:``, URLs) are checked as they stream."""
+        dropped, bad_train = 0, []
+        for split, shards in self.manifest.splits.items():
+            for shard in shards:
+                problem = _local_shard_problem(self.url_of[shard.name], shard)
+                if problem is None:
+                    continue
+                if split != "train" or self.on_bad_shard != "skip":
+                    fix = "rewrite the shards" if split != "train" else "rewrite it, or set data.on_bad_shard=skip"
+                    raise DataError(f"{split} shard {self.url_of[shard.name]}: {problem}: {fix}")
+                warnings.warn(
+                    f"skipping training shard {self.url_of[shard.name]} ({problem}): {shard.count} samples",
+                    stacklevel=2,
+                )
+                bad_train.append(shard.name)
+                dropped += shard.count
+        if bad_train:
+            kept = [s for s in self.manifest.splits["train"] if s.name not in bad_train]
+            if not kept:
+                raise DataError("every training shard is missing or corrupt: rewrite the shards")
+            self.manifest.splits["train"] = kept
+        return dropped
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -314,6 +377,7 @@ class ShardSource:
             self.shuffle_buffer,
             world,
             start,
+            self.on_bad_shard == "skip",
         )
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # not torch's global RNG
         return DataLoader(reader, batch_size=None, num_workers=self.num_workers, generator=generator)
@@ -325,8 +389,11 @@ class ShardSource:
         """Batches ``start, start + 1, ...`` of epoch ``epoch`` (``batches_per_epoch`` in all)."""
         world = world_info()
         loader = self._loader("train", batch_size, True, epoch, world, start)
-        for images, skipped in itertools.islice(loader, max(0, self.batches_per_epoch(batch_size) - start)):
-            yield Batch(images, int(skipped))
+        try:
+            for images, skipped in itertools.islice(loader, max(0, self.batches_per_epoch(batch_size) - start)):
+                yield Batch(images, int(skipped))
+        except DataError as exc:
+            raise DataError(f"{_one_line(exc)} (data.on_bad_shard=skip trains on without it)") from None
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         world = world_info()

@@ -36,7 +36,8 @@ class MaskedResidualBlock(nn.Module):
 
 
 class ResidualMADE(nn.Module):
-    """Maps ``[B, d] -> [B, d, outputs_per_feature]`` autoregressively."""
+    """Maps ``[B, d] -> [B, d, outputs_per_feature]`` autoregressively:
+    ``final(block_K(... block_1(initial(x))))`` with no activation before ``final`` (nflows' ResidualMADE)."""
 
     def __init__(self, features: int, hidden: int = 256, num_blocks: int = 2, outputs_per_feature: int = 2):
         super().__init__()
@@ -51,4 +52,4 @@ class ResidualMADE(nn.Module):
         h = self.initial(x)
         for block in self.blocks:
             h = block(h)
-        return self.final(F.relu(h)).reshape(x.shape[0], x.shape[1], self.outputs_per_feature)
+        return self.final(h).reshape(x.shape[0], x.shape[1], self.outputs_per_feature)

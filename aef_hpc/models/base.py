@@ -117,6 +117,27 @@ class GenerativeAutoencoder(nn.Module):
         device = generator.device if generator is not None else param.device
         return torch.randn(*shape, generator=generator, device=device).to(param)
 
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation, an explicit step before training: every ActNorm (preprocessing and
+        inside the flows) is set so that the first pass of the training objective over ``x`` comes out
+        normalised, in whichever direction that pass runs through it. Raises ``DataError`` for a batch without
+        spread (e.g. constant images); until called, every ActNorm is the identity."""
+        norms = {name: m for name, m in self.named_modules() if isinstance(m, ActNorm)}
+        for name, norm in norms.items():
+            norm.arm(f"ActNorm {name}")
+        training = self.training
+        try:
+            self.train()
+            self.loss(self.check_input(x))
+        finally:
+            for norm in norms.values():
+                norm.disarm()
+            self.train(training)
+        missed = [name for name, norm in norms.items() if not bool(norm.initialized)]
+        if missed:
+            raise ModelError(f"initialize: ActNorm {missed[0]} is not on the training objective's path")
+
     # -- interface ---------------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """The training objective per sample; ``loss_name`` says which it is."""

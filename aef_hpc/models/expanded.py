@@ -45,10 +45,11 @@ class ExpandedAEF(AutoencoderWithinFlow):
         return self.embed(x).z0
 
     def invert(self, latent, deviations):
-        """Inverse of ``embed``: ``(z0, deviations) -> (x, w)``."""
-        x = self.decode(latent, deviations)
+        """Inverse of ``embed``: ``(z0, deviations) -> (x, w)``, through the preprocessed image ``y`` (the decoder's
+        outputs, unclamped, may lie just outside [0, 1] in pixel space)."""
         z, _ = self.prior_flow.inverse(latent)
-        return x, self._core_from(self.preprocess(x)[0], z)
+        y = self._decoder_output(z, deviations)
+        return self.preprocess.inverse(y)[0], self._core_from(y, z)
 
     def marginal_log_prob(
         self, x, num_samples=128, chunk_size=32, generator=None, proposal_std=None, subtract_log_k=True

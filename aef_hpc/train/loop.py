@@ -147,11 +147,20 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     check_fid_weights(cfg.eval.fid_weights)
     d, t = cfg.data, cfg.train
     data = open_data(
-        d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
+        d.name,
+        d.path,
+        d.manifest,
+        d.val_fraction,
+        d.test_fraction,
+        d.seed,
+        d.num_workers,
+        d.shuffle_buffer,
+        d.on_bad_shard,
     )
     cfg = check_data_matches_model(data, cfg)
     if resume is not None:
         check_same_data(resume, data)
+    dropped = data.verify()  # every shard's size and checksum, before anything is written or trained
     torch.manual_seed(t.seed)
     model = model_from_config(cfg.model, data.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
@@ -160,7 +169,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     )
     ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
     dequant_gen = torch.Generator(device).manual_seed(t.seed + 1)  # noise made where it is used: no copy, no sync
-    state = TrainState()
+    state = TrainState(skipped_samples=dropped)
 
     # -- a new run folder, or the state of the run being resumed ---------------------------------------------------
     if resume is None:
@@ -207,6 +216,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
         state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
     last = state.step if state.stopped_early else t.steps
+    uninitialized = resume is None
     try:
         for step in range(state.step + 1, last + 1):
             model.train()
@@ -216,6 +226,9 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 x = dequantize(batch.images.to(device, non_blocking=True), data.levels, dequant_gen)
                 if d.noise_std > 0:
                     x = add_noise(x, d.noise_std, dequant_gen)
+                if uninitialized:  # ActNorm from the first batch, once, before the first step of a new run
+                    model.initialize(x)
+                    uninitialized = False
                 with autocast:
                     loss = engine.loss(x).mean()
                 result = engine.backward_and_step(loss)
