@@ -1,11 +1,12 @@
 """The ``aef-hpc`` command line.
 
-``aef-hpc train [--config FILE] [key=value ...]`` trains and evaluates one model; with no arguments it trains
-``aef-center`` on the embedded digits. Errors from bad input print one line and exit with status 2.
+``aef-hpc train [--config FILE] [key=value ...]`` trains and evaluates one model (``aef-center`` on the embedded
+digits by default); ``aef-hpc`` alone prints the help. Errors from bad input print one line and exit with status 2.
 """
 
 import argparse
 import math
+import os
 import sys
 
 from .errors import AEFError, ConfigError
@@ -142,6 +143,7 @@ def _shards(args) -> int:
         test_fraction=args.test_fraction,
         seed=args.seed,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     counts = ", ".join(f"{k} {manifest.count(k)} in {len(v)} shards" for k, v in manifest.splits.items())
     print(
@@ -152,6 +154,9 @@ def _shards(args) -> int:
 
 def _bench(args) -> int:
     if args.what == "kernels":
+        if args.cpu_smoke and os.environ.get("TRITON_INTERPRET") != "1":  # triton reads it at import: start anew
+            env = {**os.environ, "TRITON_INTERPRET": "1"}
+            os.execve(sys.executable, [sys.executable, "-m", "aef_hpc.cli", *args.argv], env)
         from .kernels import bench as kernel_bench
 
         out = args.out or "bench/kernels.csv"
@@ -245,14 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
         "source", help="digits | a folder of images or .npz files | a .npy array | torchvision:NAME:ROOT"
     )
     shards.add_argument("out_dir", help="new folder for the shards and manifest.json")
-    shards.add_argument("--encoding", choices=("png", "npy"), default="png")
+    shards.add_argument("--encoding", choices=("png", "npy"), default="png", help="image format inside the tars")
     shards.add_argument("--resolution", type=int, help="resize every image to R×R (bicubic)")
-    shards.add_argument("--samples-per-shard", type=int, default=1000)
+    shards.add_argument("--samples-per-shard", type=int, default=1000, help="images per shard (default 1000)")
     shards.add_argument("--shard-size-mb", type=float, help="start a new shard past this size instead")
-    shards.add_argument("--val-fraction", type=float, default=0.1)
-    shards.add_argument("--test-fraction", type=float, default=0.2)
+    shards.add_argument(
+        "--val-fraction", type=float, default=0.1, help="validation share, for sources without their own split"
+    )
+    shards.add_argument(
+        "--test-fraction", type=float, default=0.2, help="test share, for sources without their own split"
+    )
     shards.add_argument("--seed", type=int, default=3, help="seed of the random split (sources without their own)")
-    shards.add_argument("--no-progress", action="store_true")
+    shards.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    shards.add_argument("--no-progress", action="store_true", help="no progress bar")
     shards.set_defaults(func=_shards, overrides=[])
 
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
@@ -276,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv or ["train"])
+    args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
@@ -284,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *rest]  # key=value after a flag
+    args.argv = argv
     try:
         return args.func(args)
     except AEFError as exc:

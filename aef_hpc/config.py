@@ -176,6 +176,9 @@ _POSITIVE = (
     "eval.grid_samples",
     "eval.fid_samples",
     "model.iwae_samples",
+    "model.flow_hidden",
+    "model.flow_layers",
+    "data.shuffle_buffer",
 )
 _POSITIVE_OR_NULL = ("train.checkpoint_every", "train.patience", "eval.limit", "train.skip_threshold")
 _CHOICES = {
@@ -206,7 +209,7 @@ def _check(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is unknown: choose one of {', '.join(choices)}")
-    for key in ("train.warmup_steps", "train.min_lr", "data.noise_std"):
+    for key in ("train.warmup_steps", "train.min_lr", "data.noise_std", "model.flow_blocks"):
         if not _get(cfg, key) >= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be 0 or more")
     if not 0 <= cfg.train.ema_rate < 1:

@@ -133,3 +133,37 @@ def test_in_memory_training_batches_are_full_and_equal_on_every_rank(monkeypatch
         monkeypatch.setenv("WORLD_SIZE", str(world))
         sizes.append([len(b.images) for b in source.train_epoch(0, 4)])
     assert sizes == [[4]] * n_train_ranks
+
+
+def test_aef_hpc_alone_prints_the_help_and_trains_nothing(tmp_path):
+    exe = shutil.which("aef-hpc") or str(__import__("pathlib").Path(sys.executable).with_name("aef-hpc"))
+    proc = subprocess.run([exe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "usage: aef-hpc" in proc.stdout and "train" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shards_never_overwrite_and_leave_nothing_behind(tmp_path, capsys):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "train-000000.tar").write_bytes(b"precious")
+    assert main(["shards", "digits", str(out), "--no-progress"]) == 2
+    assert "already holds files" in capsys.readouterr().err and (out / "train-000000.tar").read_bytes() == b"precious"
+    assert main(["shards", "digits", str(tmp_path / "file.txt"), "--resolution", "0", "--no-progress"]) == 2
+    assert "--resolution 0" in capsys.readouterr().err
+    (tmp_path / ".fresh.partial").mkdir()  # as a killed run leaves it
+    assert main(["shards", "digits", str(tmp_path / "fresh"), "--samples-per-shard", "500", "--no-progress"]) == 0
+    assert main(["shards", "digits", str(out), "--overwrite", "--no-progress"]) == 0
+    assert (out / "manifest.json").exists() and (out / "train-000000.tar").read_bytes() != b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "fresh"], "no staging folder left"
+
+
+def test_a_failed_shards_run_leaves_no_folder(tmp_path, capsys):
+    import numpy as np
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        __import__("PIL.Image").Image.fromarray(np.full((4, 4), i * 40, dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "9.png").write_bytes(b"not a png")
+    assert main(["shards", str(images), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"], "no output and no staging folder"

@@ -96,3 +96,53 @@ def test_shipped_configs_load():
 
     for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(flow_hidden=-1, prior_flow="maf"), "flow_hidden=-1 must be an int of at least 1"),
+        (dict(flow_layers=0, prior_flow="maf"), "flow_layers=0 must be an int of at least 1"),
+        (dict(hidden=-3, architecture="mlp"), "hidden=-3 must be an int of at least 1"),
+        (dict(hidden_channels=0), "hidden_channels=0 must be an int of at least 1"),
+    ],
+)
+def test_negative_or_zero_widths_are_refused(kwargs, match):
+    with pytest.raises(ModelError, match=match):
+        build_model("vae", (1, 8, 8), 2, **kwargs)
+
+
+def test_an_aef_linear_latent_larger_than_the_image_is_refused():
+    with pytest.raises(ModelError, match="latent_dim=17 is larger than the image"):
+        build_model("aef-linear", (1, 4, 4), 17, architecture="mlp", hidden=8)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.flow_layers=0"],
+        ["data.shuffle_buffer=0"],
+        ["eval.grid_samples=0"],
+        ["run.name=../../escape"],
+        ["data.on_bad_shard=ignore"],
+    ],
+)
+def test_config_values_without_a_meaning_are_refused(overrides):
+    with pytest.raises(ConfigError, match=overrides[0].split("=")[0]):
+        load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [((0,), "n=0"), ((2, -1.0), "temperature=-1.0"), ((2, "hot"), "'hot'"), ((2, float("inf")), "temperature=inf")],
+)
+def test_sample_arguments(model, args, match):
+    with pytest.raises(ModelError, match=match):
+        model.sample(*args)
+
+
+def test_a_batch_of_another_dtype_or_an_empty_batch_is_one_clear_error(model):
+    with pytest.raises(DataError, match=r"torch.float32 but the model's parameters are torch.float64: convert"):
+        model.loss(torch.rand(2, 1, 4, 4, dtype=torch.float32))
+    with pytest.raises(DataError, match="the batch is empty"):
+        model.loss(torch.rand(0, 1, 4, 4))

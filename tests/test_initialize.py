@@ -60,3 +60,28 @@ def test_a_constant_batch_is_refused_and_changes_nothing():
     model.log_prob(torch.full((8, 1, 8, 8), 0.5))  # no side effect: the first log_prob initialises nothing
     torch.testing.assert_close(model.eval().log_prob(real), before)
     assert not any(bool(m.initialized) for m in actnorms(model).values())
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    import subprocess
+
+    from test_resume import aef_hpc_exe
+
+    proc = subprocess.run(
+        [
+            aef_hpc_exe(),
+            "train",
+            f"run.out_dir={tmp_path}/runs",
+            "model.architecture=mlp",
+            "train.batch_size=8",
+            "train.skip_threshold=1e-12",
+            "train.max_skips=2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "2 steps in a row were skipped" in lines[0], proc.stderr
+    assert not list((tmp_path / "runs").iterdir()), "no run folder left behind"

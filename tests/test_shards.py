@@ -342,7 +342,9 @@ def test_lean_tar_reader_agrees_with_tarfile(tmp_path, fmt):
 def test_brace_pattern_selects_shards(tmp_path):
     digits_shards(tmp_path, samples_per_shard=300)
     source = ShardSource(f"{tmp_path}/train-{{000001..000002}}.tar")
-    assert source.count("train") == 600 and "test" not in source.manifest.splits
+    assert source.count("train") == 600, "the pattern names these training shards"
+    assert source.count("val") == 180 and source.count("test") == 359, "val and test: all of theirs, beside them"
+    assert len(eval_all(source, "test")[0]) == 359
     keys, _ = eval_all(source, "train")
     assert len(set(keys)) == 600
     assert len(list(source.train_epoch(0, 100))) == 6
@@ -350,6 +352,7 @@ def test_brace_pattern_selects_shards(tmp_path):
         ShardSource(f"{tmp_path}/nothing-{{1..2}}.tar")
     source = ShardSource(f"pipe:cat {tmp_path}/val-{{000000..000000}}.tar", manifest=str(tmp_path / "manifest.json"))
     assert len(eval_all(source, "val")[0]) == 180
+    assert len(eval_all(source, "test")[0]) == 359, "test shards through the same pipe: command"
     with pytest.raises(DataError, match="give data.manifest"):
         ShardSource("pipe:cat /x/val-{000000..000001}.tar")
 

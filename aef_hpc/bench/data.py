@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import ShardSource, dequantize, load_digits_images, write_shards
+from ..errors import DataError
 from ..models import build_model
 from .report import write_csv
 
@@ -55,6 +56,8 @@ def _rate(iterable, count_of) -> tuple[float, float]:
     start, n = time.perf_counter(), 0
     for item in iterator:
         n += count_of(item)
+    if n == 0:
+        raise DataError("too few images for a rate (one batch or less): raise --images to a few batches at least")
     return n / (time.perf_counter() - start), start - begin
 
 

@@ -83,8 +83,12 @@ def locate_shards(location: str, manifest_path: str | None) -> tuple[Manifest, d
         kept = {k: [s for s in v if s.name in by_name] for k, v in manifest.splits.items()}
         if not any(kept.values()):
             raise DataError(f"none of the shards {location!r} names is listed in the manifest")
-        manifest.splits = {k: v for k, v in kept.items() if v}
-        return manifest, by_name
+        # a split the pattern names no shard of (e.g. val and test beside a train-{...} pattern) keeps all of its
+        # shards, found beside the named ones
+        manifest.splits = {k: kept[k] or v for k, v in manifest.splits.items()}
+        beside = urls[0][: urls[0].rindex(_tar_name(urls[0]))]
+        names = [s.name for shards in manifest.splits.values() for s in shards]
+        return manifest, {n: by_name.get(n, beside + n) for n in names}
     if manifest_path is None:
         if "{shard}" in location:
             raise DataError(f"data.path={location!r} is a URL template: give data.manifest as well")

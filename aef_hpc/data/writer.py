@@ -7,6 +7,7 @@ interrupted run never leaves a half-written shard under its final name nor a man
 import hashlib
 import io
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -82,18 +83,73 @@ def write_shards(
     test_fraction: float = 0.2,
     seed: int = 3,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Write ``out_dir/{split}-NNNNNN.tar`` and ``out_dir/manifest.json``; return the manifest."""
+    """Write ``out_dir/{split}-NNNNNN.tar`` and ``out_dir/manifest.json``; return the manifest.
+
+    Everything is written into a hidden sibling folder first, which replaces ``out_dir`` only when complete: a
+    failed or interrupted run leaves neither a partial shard nor an empty folder (a folder left by a kill is
+    removed by the next run). A non-empty ``out_dir`` is refused unless ``overwrite``.
+    """
     if encoding not in ("png", "npy"):
         raise DataError(f"encoding {encoding!r} is unknown: use png or npy")
     if samples_per_shard < 1 or (shard_size_mb is not None and shard_size_mb <= 0):
         raise DataError("samples per shard and shard size must be positive")
+    if resolution is not None and resolution < 1:
+        raise DataError(f"--resolution {resolution} must be a positive number of pixels")
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists():
-        raise DataError(f"{out_dir} already holds a dataset (manifest.json): choose another folder or delete it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is a file, not a folder: choose another output folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        what = "a dataset (manifest.json)" if (out_dir / "manifest.json").exists() else "files"
+        raise DataError(f"{out_dir} already holds {what}: choose another folder, or pass --overwrite to replace it")
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)  # left by a killed run
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise DataError(f"cannot write into {out_dir.parent} ({exc.strerror}): choose a writable folder") from None
+    try:
+        manifest = _write_all(
+            spec,
+            staging,
+            encoding,
+            resolution,
+            samples_per_shard,
+            shard_size_mb,
+            val_fraction,
+            test_fraction,
+            seed,
+            progress,
+        )
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old"
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_all(
+    spec,
+    out_dir: Path,
+    encoding,
+    resolution,
+    samples_per_shard,
+    shard_size_mb,
+    val_fraction,
+    test_fraction,
+    seed,
+    progress,
+) -> Manifest:
     source = open_source(spec)
     splits = assign_splits(source, val_fraction, test_fraction, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = None if shard_size_mb is None else shard_size_mb * 2**20
     shape, written = None, {}
     bar = tqdm(

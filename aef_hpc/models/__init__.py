@@ -1,5 +1,7 @@
 """Model zoo and its one public factory, ``build_model``."""
 
+import math
+
 from ..errors import ModelError
 from ..flows import build_flow
 from ..nets import build_networks
@@ -42,6 +44,16 @@ def build_model(
         raise ModelError(f"latent_dim must be a positive int, got {latent_dim!r}")
     if name in PARTITION_MASKS:
         build_mask(PARTITION_MASKS[name], shape, latent_dim)  # fail on an impossible mask before building nets
+    if name == "aef-linear" and latent_dim > math.prod(shape):
+        raise ModelError(
+            f"latent_dim={latent_dim} is larger than the image ({math.prod(shape)} values): an AEF's latent is at most "
+            "the image's size"
+        )
+    for key in ("flow_hidden", "flow_layers", "flow_blocks", "hidden", "hidden_channels"):
+        value = options.get(key)
+        low = 0 if key == "flow_blocks" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ModelError(f"{key}={value!r} must be an int of at least {low}")
     flow_args = {FLOW_OPTIONS[k]: options.pop(k) for k in list(options) if k in FLOW_OPTIONS}
     model_args = {k: options.pop(k) for k in MODEL_OPTIONS.get(name, ()) if k in options}
     encoder, decoder = build_networks(architecture, shape, latent_dim, decoder_variance, **options)

@@ -104,6 +104,14 @@ class GenerativeAutoencoder(nn.Module):
                 f"expected images of shape [B, {', '.join(map(str, self.image_shape))}], got {list(x.shape)}: "
                 "check model.image_shape against the data"
             )
+        if x.shape[0] == 0:
+            raise DataError("the batch is empty: pass at least one image")
+        dtype = next(self.parameters()).dtype
+        if x.dtype != dtype:
+            raise DataError(
+                f"the images are {x.dtype} but the model's parameters are {dtype}: convert one to the other "
+                f"(x.to({dtype}) or model.to({x.dtype}))"
+            )
         return x
 
     def _context(self, x: torch.Tensor):
@@ -170,6 +178,10 @@ class GenerativeAutoencoder(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator=None, deviations: bool = False) -> torch.Tensor:
         """``decode(T * N(0, I))``; ``deviations=True`` draws each sample its own ``T * N(0, I)`` deviations."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ModelError(f"sample: n={n!r} must be a positive int")
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
+            raise ModelError(f"sample: temperature={temperature!r} must be a positive finite number")
         z0 = temperature * self._noise_like(n, self.latent_dim, generator=generator)
         delta = temperature * self._noise_like(n, *self.image_shape, generator=generator) if deviations else None
         return self.decode(z0, delta)

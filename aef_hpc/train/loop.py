@@ -9,6 +9,7 @@ checkpoint holds the model, optimizer, schedule, EMA, step, epoch and batch with
 import contextlib
 import dataclasses
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -243,10 +244,12 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                 state.skips_in_row += 1
                 log.log(step, "train", "skipped_step_grad_norm", result.grad_norm.item())
                 if state.skips_in_row >= t.max_skips:
+                    good = complete_checkpoints(run_dir)
+                    kept = f"the last good checkpoint is {good[0].path}" if good else "no checkpoint was written yet"
                     raise TrainingDiverged(
                         f"{state.skips_in_row} steps in a row were skipped (loss or gradient norm not finite or "
                         f"above train.skip_threshold={t.skip_threshold}) at step {step}: lower train.lr or raise "
-                        f"train.skip_threshold; the last good checkpoint is in {run_dir / 'checkpoints'}"
+                        f"train.skip_threshold; {kept}"
                     )
             if step % t.log_every == 0 and counted:
                 value = (running / counted).item()  # a host synchronisation, every log_every steps only
@@ -286,20 +289,25 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             bar.step(step)
             if state.stopped_early:
                 break
-    except KeyboardInterrupt:
-        found = complete_checkpoints(run_dir)
-        if not found:
-            raise Interrupted(
-                f"interrupted at step {state.step}, before the first checkpoint: {run_dir} holds "
-                "nothing to resume (delete it, or choose another run.name)"
-            ) from None
-        raise Interrupted(
-            f"interrupted at step {state.step}; the newest checkpoint is {found[0].path}: continue "
-            f"with `aef-hpc train --resume {run_dir}`"
-        ) from None
-    finally:
+    except BaseException as exc:
         bar.close()
         log.close()
+        found = complete_checkpoints(run_dir)
+        if resume is None and not found:  # a new run that failed before its first checkpoint leaves nothing
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(
+                    f"interrupted at step {state.step}, before the first checkpoint: nothing kept"
+                ) from None
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(
+                f"interrupted at step {state.step}; the newest checkpoint is {found[0].path}: continue "
+                f"with `aef-hpc train --resume {run_dir}`"
+            ) from None
+        raise
+    bar.close()
+    log.close()
 
     if not state.last_val:
         raise TrainingDiverged(
