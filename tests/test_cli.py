@@ -167,3 +167,11 @@ def test_a_failed_shards_run_leaves_no_folder(tmp_path, capsys):
     (images / "9.png").write_bytes(b"not a png")
     assert main(["shards", str(images), str(tmp_path / "out"), "--no-progress"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"], "no output and no staging folder"
+
+
+def test_output_folders_that_are_files(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    assert main(["shards", "digits", str(tmp_path / "taken"), "--no-progress"]) == 2
+    assert "taken is a file, not a folder" in capsys.readouterr().err
+    assert main(["train", f"run.out_dir={tmp_path / 'taken'}", "--no-progress"]) == 2
+    assert "taken" in capsys.readouterr().err and (tmp_path / "taken").read_text() == "a file"

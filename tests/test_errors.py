@@ -146,3 +146,27 @@ def test_a_batch_of_another_dtype_or_an_empty_batch_is_one_clear_error(model):
         model.loss(torch.rand(2, 1, 4, 4, dtype=torch.float32))
     with pytest.raises(DataError, match="the batch is empty"):
         model.loss(torch.rand(0, 1, 4, 4))
+
+
+def test_a_yaml_file_whose_top_level_is_not_a_mapping(tmp_path):
+    for text, match in (("- 1\n- 2\n", "must be a mapping"), ("3\n", "not valid YAML"), ("words\n", "'words'")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=rf"bad.yaml.*{match}|{match}.*bad.yaml"):
+            load_config(path)
+
+
+@pytest.mark.parametrize(
+    "latent,deviations,match",
+    [
+        ((3, 5), None, r"latents of shape \[B, 2\], got \[3, 5\]"),
+        ((3,), None, r"latents of shape \[B, 2\], got \[3\]"),
+        ("float32", None, "non-empty torch.float64 batch of latents"),
+        ((0, 2), None, "non-empty"),
+        ((3, 2), (2, 1, 4, 4), r"deviations of shape \[2, 1, 4, 4\] do not match 3 latents"),
+    ],
+)
+def test_decode_checks_its_latents(model, latent, deviations, match):
+    latent = torch.zeros(3, 2, dtype=torch.float32) if latent == "float32" else torch.zeros(latent)
+    with pytest.raises(DataError, match=match):
+        model.decode(latent, None if deviations is None else torch.zeros(deviations))

@@ -163,3 +163,25 @@ def test_residual_made_computes_the_nflows_function_by_hand():
     h = h0 + torch.tensor([0.5 * t[0], -1.0 * t[1]])  # [3.75, -2.75]: negative, kept (no ReLU before final)
     want = torch.tensor([0.1, 0.2 + h[0] + h[1]])  # output 1 depends on nothing (degree 1), output 2 on h
     torch.testing.assert_close(made(x).reshape(-1), want)
+
+
+@pytest.mark.parametrize("features,hidden,blocks", [(3, 8, 2), (5, 16, 1), (1, 4, 2), (2, 6, 3)])
+def test_residual_made_equals_nflows_on_identical_weights(features, hidden, blocks):
+    """An independent implementation: nflows' MADE (use_residual_blocks=True, the reference code's) with our
+    weights gives the same autoregressive parameters, masks included, in float64."""
+    from nflows.transforms.made import MADE
+
+    from aef_hpc.flows import ResidualMADE
+
+    ours = randomize(ResidualMADE(features, hidden, blocks, outputs_per_feature=2), 0.5)
+    theirs = MADE(features, hidden, num_blocks=blocks, output_multiplier=2, use_residual_blocks=True).double()
+    pairs = [(ours.initial, theirs.initial_layer), (ours.final, theirs.final_layer)]
+    for mine, block in zip(ours.blocks, theirs.blocks, strict=True):
+        pairs += [(mine.first, block.linear_layers[0]), (mine.second, block.linear_layers[1])]
+    with torch.no_grad():
+        for mine, other in pairs:
+            torch.testing.assert_close(mine.mask, other.mask.to(mine.mask), msg="connectivity masks")
+            other.weight.copy_(mine.weight)
+            other.bias.copy_(mine.bias)
+    x = torch.randn(7, features)
+    torch.testing.assert_close(ours(x).reshape(7, -1), theirs(x), rtol=1e-12, atol=1e-12)

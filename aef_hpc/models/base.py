@@ -114,6 +114,22 @@ class GenerativeAutoencoder(nn.Module):
             )
         return x
 
+    def check_latent(self, latent: torch.Tensor, deviations: torch.Tensor | None = None) -> torch.Tensor:
+        """Raise ``DataError`` unless ``latent`` is ``[B, latent_dim]`` in the parameters' dtype (and
+        ``deviations``, when given, ``[B, *image_shape]``)."""
+        dtype = next(self.parameters()).dtype
+        if not torch.is_tensor(latent) or latent.dim() != 2 or latent.shape[1] != self.latent_dim:
+            shape = list(latent.shape) if torch.is_tensor(latent) else type(latent).__name__
+            raise DataError(f"expected latents of shape [B, {self.latent_dim}], got {shape}")
+        if latent.dtype != dtype or latent.shape[0] == 0:
+            raise DataError(f"expected a non-empty {dtype} batch of latents, got {latent.dtype} {list(latent.shape)}")
+        if deviations is not None and tuple(deviations.shape) != (latent.shape[0], *self.image_shape):
+            raise DataError(
+                f"deviations of shape {list(deviations.shape)} do not match {latent.shape[0]} latents and images "
+                f"of shape {list(self.image_shape)}"
+            )
+        return latent
+
     def _context(self, x: torch.Tensor):
         """``(y, preprocessing log-det, mu_E, sigma_E)`` for a full-image encoder."""
         y, log_det = self.preprocess(self.check_input(x))
@@ -171,7 +187,7 @@ class GenerativeAutoencoder(nn.Module):
 
     def decode(self, latent: torch.Tensor, deviations: torch.Tensor | None = None) -> torch.Tensor:
         """Prior base ``z0`` -> image: ``z = h(z0)``, ``y = mu_D(z) [+ (sigma_D + eps) * deviations]``."""
-        z, _ = self.prior_flow.inverse(latent)
+        z, _ = self.prior_flow.inverse(self.check_latent(latent, deviations))
         y = self._decoder_output(z, deviations)
         return self.preprocess.inverse(y)[0]
 

@@ -47,7 +47,7 @@ class ExpandedAEF(AutoencoderWithinFlow):
     def invert(self, latent, deviations):
         """Inverse of ``embed``: ``(z0, deviations) -> (x, w)``, through the preprocessed image ``y`` (the decoder's
         outputs, unclamped, may lie just outside [0, 1] in pixel space)."""
-        z, _ = self.prior_flow.inverse(latent)
+        z, _ = self.prior_flow.inverse(self.check_latent(latent, deviations))
         y = self._decoder_output(z, deviations)
         return self.preprocess.inverse(y)[0], self._core_from(y, z)
 

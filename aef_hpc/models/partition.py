@@ -55,7 +55,7 @@ class PartitionAEF(AutoencoderWithinFlow):
 
     def decode(self, latent, deviations=None):
         """Inverse map: shell from the decoder, core by inverting the encoder layer on that shell."""
-        z, _ = self.prior_flow.inverse(latent)
+        z, _ = self.prior_flow.inverse(self.check_latent(latent, deviations))
         y_shell = self._decoder_output(z, deviations) * self.shell
         core = self._core_from(y_shell, z)
         flat = y_shell.flatten(1).clone()
