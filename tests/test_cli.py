@@ -175,3 +175,23 @@ def test_output_folders_that_are_files(tmp_path, capsys):
     assert "taken is a file, not a folder" in capsys.readouterr().err
     assert main(["train", f"run.out_dir={tmp_path / 'taken'}", "--no-progress"]) == 2
     assert "taken" in capsys.readouterr().err and (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only file system (a tmpfs mounted ro); skipped where this process may not mount one."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_output_on_a_read_only_file_system(read_only_folder, capsys):
+    assert main(["train", f"run.out_dir={read_only_folder / 'runs'}", "--no-progress"]) == 2
+    assert "Read-only file system" in capsys.readouterr().err
+    assert main(["shards", "digits", str(read_only_folder / "ds"), "--no-progress"]) == 2
+    assert "Read-only file system" in capsys.readouterr().err
