@@ -4,6 +4,7 @@ Every default lives here; a YAML file overrides it and ``key=value`` arguments o
 wrong types and impossible values raise ``ConfigError`` naming the key.
 """
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -196,7 +197,24 @@ def _get(cfg, key: str):
     return cfg
 
 
+def _non_finite(section, prefix: str = "") -> str | None:
+    """The first float (or list of floats) in a config section that is NaN or infinite, as ``key=value``."""
+    for name, value in vars(section).items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                return f"{prefix}{name}={value}"
+        if hasattr(value, "__dataclass_fields__"):
+            found = _non_finite(value, f"{prefix}{name}.")
+            if found:
+                return found
+    return None
+
+
 def _check(cfg: Config) -> None:
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"{bad} is not a finite number")
     for key in _POSITIVE:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
@@ -244,7 +262,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     try:
         layer = OmegaConf.load(path)
     except Exception as exc:  # yaml parse errors have many types
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        reason = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"config file {path} is not valid YAML: {reason}") from None
     return _merge(layer, overrides, f" (in {path})")
 
 
@@ -268,7 +287,7 @@ def _merge(layer, overrides: list[str], where: str) -> Config:
         merged = OmegaConf.merge(*layers, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
+        key = getattr(exc, "full_key", None) or "(a section)"
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"config key {key!r}{where}: {reason}") from exc
     _check(cfg)

@@ -163,7 +163,7 @@ def test_a_yaml_file_whose_top_level_is_not_a_mapping(tmp_path):
         ((3,), None, r"latents of shape \[B, 2\], got \[3\]"),
         ("float32", None, "non-empty torch.float64 batch of latents"),
         ((0, 2), None, "non-empty"),
-        ((3, 2), (2, 1, 4, 4), r"deviations of shape \[2, 1, 4, 4\] do not match 3 latents"),
+        ((3, 2), (2, 1, 4, 4), r"deviations torch.float64 \[2, 1, 4, 4\] do not match 3 latents"),
     ],
 )
 def test_decode_checks_its_latents(model, latent, deviations, match):

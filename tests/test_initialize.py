@@ -85,3 +85,18 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "2 steps in a row were skipped" in lines[0], proc.stderr
     assert not list((tmp_path / "runs").iterdir()), "no run folder left behind"
+
+
+def test_a_failed_initialisation_changes_no_layer():
+    model = build_model("aef-center", (1, 4, 4), 1, architecture="mlp", hidden=8, prior_flow="maf", flow_hidden=8)
+    with pytest.raises(DataError, match="single value per channel"):
+        model.initialize(0.05 + 0.9 * torch.rand(1, 1, 4, 4))  # the pixels have spread, one latent has none
+    assert not any(bool(m.initialized) for m in actnorms(model).values())
+    assert all(m.log_scale.abs().sum() == 0 for m in actnorms(model).values())
+
+
+def test_saturated_float32_decoder_outputs_re_enter():
+    model = build_model("vae", (1, 2, 2), 2, architecture="mlp", hidden=8, alpha=0.05).float().eval()
+    u = torch.tensor([-40.0, -9.0, 9.0, 40.0], dtype=torch.float32).reshape(1, 1, 2, 2)  # saturates in float32
+    x = (torch.sigmoid(u) - 0.05) / 0.9
+    assert torch.isfinite(model.loss(x)).all()

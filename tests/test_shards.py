@@ -506,3 +506,21 @@ def test_a_bad_validation_or_test_shard_stops_the_run_before_training(tmp_path, 
     err = capsys.readouterr().err
     assert f"{split} shard" in err and f"{split}-000000.tar" in err and "truncated" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_remote_training_shards_are_checksummed_as_they_stream(tmp_path):
+    """pipe: shards cannot be verified up front: a shard whose sha256 differs stops training when it has been
+    read (data.on_bad_shard=skip: a warning, counted)."""
+    digits_shards(tmp_path, samples_per_shard=300)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["splits"]["train"][0]["sha256"] = "0" * 64  # as if the shard had been modified
+    (tmp_path / "tampered.json").write_text(json.dumps(manifest))
+    template = f"pipe:cat {tmp_path}/{{shard}}"
+    source = ShardSource(template, manifest=str(tmp_path / "tampered.json"), shuffle_buffer=10)
+    assert source.verify() == 0, "nothing to check up front for pipe: shards"
+    with pytest.raises(DataError, match=r"train-000000.tar: its sha256 or size differs"):
+        list(source.train_epoch(0, 10))
+    source = ShardSource(template, manifest=str(tmp_path / "tampered.json"), shuffle_buffer=10, on_bad_shard="skip")
+    with pytest.warns(UserWarning, match="sha256 or size differs"):
+        batches = list(source.train_epoch(0, 10))
+    assert sum(b.skipped for b in batches) >= 1

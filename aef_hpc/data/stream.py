@@ -73,7 +73,10 @@ def locate_shards(location: str, manifest_path: str | None) -> tuple[Manifest, d
     - a brace pattern (``/data/train-{000000..000003}.tar``): only the shards it names are used.
     """
     if _is_brace_pattern(location):
-        urls = list(braceexpand(location))
+        try:
+            urls = list(braceexpand(location))
+        except Exception as exc:  # noqa: BLE001  braceexpand's own error types
+            raise DataError(f"data.path={location!r} is not a valid brace pattern ({exc})") from None
         by_name = {_tar_name(u): u for u in urls}
         if manifest_path is None:
             if re.match(r"^[A-Za-z][\w+.-]*:", urls[0]):
@@ -86,9 +89,10 @@ def locate_shards(location: str, manifest_path: str | None) -> tuple[Manifest, d
         # a split the pattern names no shard of (e.g. val and test beside a train-{...} pattern) keeps all of its
         # shards, found beside the named ones
         manifest.splits = {k: kept[k] or v for k, v in manifest.splits.items()}
-        beside = urls[0][: urls[0].rindex(_tar_name(urls[0]))]
+        first = _tar_name(urls[0])
+        head, tail = urls[0][: urls[0].rindex(first)], urls[0][urls[0].rindex(first) + len(first) :]
         names = [s.name for shards in manifest.splits.values() for s in shards]
-        return manifest, {n: by_name.get(n, beside + n) for n in names}
+        return manifest, {n: by_name.get(n, head + n + tail) for n in names}
     if manifest_path is None:
         if "{shard}" in location:
             raise DataError(f"data.path={location!r} is a URL template: give data.manifest as well")
@@ -192,21 +196,21 @@ class ShardReader(IterableDataset):
 
     def _members(self, shards, handler):
         """Open each shard (webdataset's ``gopen``: paths, ``pipe:``, URLs), yield its tar members and an
-        end-of-shard marker, then check it: the sample count, and in evaluation the sha256 and size."""
+        end-of-shard marker, then check it: the sample count, and the sha256 and size of every shard read to its
+        end (in training too, for shards that ``ShardSource.verify`` could not check up front: ``pipe:``, URLs)."""
         empty_streak = 0
         for shard in shards:
             url, info = shard["url"], self.info[shard["url"]]
             count, last, error, raw = 0, None, None, None
             try:
                 raw = gopen(url)
-                stream = raw if self.train else _HashingReader(raw)
+                stream = _HashingReader(raw)
                 for name, data in tar_members(stream, url, _declared):
                     prefix = base_plus_ext(name)[0]
                     if prefix != last:
                         count, last = count + 1, prefix
                     yield dict(fname=name, data=data, __url__=url, url=url)
-                if not self.train:
-                    stream.drain()
+                stream.drain()
             except Exception as exn:  # noqa: BLE001  a broken shard: skipped in training, an error in evaluation
                 error = exn
             finally:  # also when the consumer stops early (the end of a training epoch)
@@ -220,8 +224,7 @@ class ShardReader(IterableDataset):
             if count != info.count:
                 problems.append(f"read {count} of {info.count} samples (last key {last})")
             if (
-                not self.train
-                and not problems
+                not problems
                 and info.sha256
                 and (stream.sha.hexdigest(), stream.size)
                 != (
@@ -397,7 +400,8 @@ class ShardSource:
             for images, skipped in itertools.islice(loader, max(0, self.batches_per_epoch(batch_size) - start)):
                 yield Batch(images, int(skipped))
         except DataError as exc:
-            raise DataError(f"{_one_line(exc)} (data.on_bad_shard=skip trains on without it)") from None
+            hint = "" if self.on_bad_shard == "skip" else " (data.on_bad_shard=skip trains on without it)"
+            raise DataError(f"{_one_line(exc)}{hint}") from None
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         world = world_info()

@@ -20,6 +20,7 @@ class LogitPreprocess(Bijection):
         """Pixels in the bijection's domain, ``s = alpha + (1 - 2 alpha) x`` in [0, 1]: data in [0, 1], and the
         decoder's own (unclamped) outputs, up to ``alpha / (1 - 2 alpha)`` beyond it. One host sync."""
         margin = self.alpha / (1 - 2 * self.alpha)
+        margin += 8 * torch.finfo(x.dtype).eps * (1 + margin) if x.is_floating_point() else 0  # a saturated output
         if not ((x >= -margin) & (x <= 1 + margin)).all():  # False for NaN too
             if not torch.isfinite(x).all():
                 raise DataError("input contains NaN or inf: pixels must be finite values in [0, 1]")

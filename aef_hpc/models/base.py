@@ -123,10 +123,15 @@ class GenerativeAutoencoder(nn.Module):
             raise DataError(f"expected latents of shape [B, {self.latent_dim}], got {shape}")
         if latent.dtype != dtype or latent.shape[0] == 0:
             raise DataError(f"expected a non-empty {dtype} batch of latents, got {latent.dtype} {list(latent.shape)}")
-        if deviations is not None and tuple(deviations.shape) != (latent.shape[0], *self.image_shape):
+        if deviations is not None and (
+            not torch.is_tensor(deviations)
+            or deviations.dtype != dtype
+            or tuple(deviations.shape) != (latent.shape[0], *self.image_shape)
+        ):
             raise DataError(
-                f"deviations of shape {list(deviations.shape)} do not match {latent.shape[0]} latents and images "
-                f"of shape {list(self.image_shape)}"
+                f"deviations {getattr(deviations, 'dtype', type(deviations).__name__)} "
+                f"{list(getattr(deviations, 'shape', []))} do not match {latent.shape[0]} latents of {dtype} and "
+                f"images of shape {list(self.image_shape)}"
             )
         return latent
 
@@ -148,12 +153,17 @@ class GenerativeAutoencoder(nn.Module):
         normalised, in whichever direction that pass runs through it. Raises ``DataError`` for a batch without
         spread (e.g. constant images); until called, every ActNorm is the identity."""
         norms = {name: m for name, m in self.named_modules() if isinstance(m, ActNorm)}
+        before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in norms.items()}
         for name, norm in norms.items():
             norm.arm(f"ActNorm {name}")
         training = self.training
         try:
             self.train()
             self.loss(self.check_input(x))
+        except BaseException:
+            for name, norm in norms.items():  # all or nothing: a failed initialisation changes no layer
+                norm.load_state_dict(before[name])
+            raise
         finally:
             for norm in norms.values():
                 norm.disarm()

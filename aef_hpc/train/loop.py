@@ -289,6 +289,16 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             bar.step(step)
             if state.stopped_early:
                 break
+        if not state.last_val:
+            raise TrainingDiverged(
+                f"no validation ran: every one fell inside a run of skipped steps (train.skip_threshold="
+                f"{t.skip_threshold}); lower train.lr or raise train.skip_threshold"
+            )
+        if not math.isfinite(state.best_val):
+            raise TrainingDiverged(
+                f"every validation of {objective} was non-finite (last: {state.last_val.get(objective)}): no best "
+                "checkpoint to evaluate; lower train.lr, set train.skip_threshold, or check the data"
+            )
     except BaseException as exc:
         bar.close()
         log.close()
@@ -309,16 +319,6 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     bar.close()
     log.close()
 
-    if not state.last_val:
-        raise TrainingDiverged(
-            f"no validation ran: every one fell inside a run of skipped steps (train.skip_threshold="
-            f"{t.skip_threshold}); lower train.lr or raise train.skip_threshold"
-        )
-    if not math.isfinite(state.best_val):
-        raise TrainingDiverged(
-            f"every validation of {objective} was non-finite (last: {state.last_val.get(objective)}): no best "
-            "checkpoint to evaluate; lower train.lr, set train.skip_threshold, or check the data"
-        )
     try:
         return finish(run_dir, cfg, data, state.best_step)
     except KeyboardInterrupt:
