@@ -10,6 +10,7 @@ import os
 import sys
 
 from .errors import AEFError, ConfigError
+from .signals import sigterm_as_interrupt
 
 
 def _train(args) -> int:
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [*args.overrides, *rest]  # key=value after a flag
     args.argv = argv
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
     except AEFError as exc:
         print(f"aef-hpc: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

@@ -150,11 +150,17 @@ def test_shards_never_overwrite_and_leave_nothing_behind(tmp_path, capsys):
     assert "already holds files" in capsys.readouterr().err and (out / "train-000000.tar").read_bytes() == b"precious"
     assert main(["shards", "digits", str(tmp_path / "file.txt"), "--resolution", "0", "--no-progress"]) == 2
     assert "--resolution 0" in capsys.readouterr().err
-    (tmp_path / ".fresh.partial").mkdir()  # as a killed run leaves it
+    (tmp_path / "fresh" / ".partial").mkdir(parents=True)  # as a killed run leaves it
+    (tmp_path / "fresh" / ".partial" / "train-000000.tar").write_bytes(b"cut")
     assert main(["shards", "digits", str(tmp_path / "fresh"), "--samples-per-shard", "500", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir())[0] == "manifest.json", "no staging folder left"
+    (out / "notes.txt").write_text("mine")
+    assert main(["shards", "digits", str(out), "--overwrite", "--samples-per-shard", "500", "--no-progress"]) == 0
     assert main(["shards", "digits", str(out), "--overwrite", "--no-progress"]) == 0
     assert (out / "manifest.json").exists() and (out / "train-000000.tar").read_bytes() != b"precious"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "fresh"], "no staging folder left"
+    assert (out / "notes.txt").read_text() == "mine", "--overwrite replaces the dataset, nothing else"
+    assert not (out / "train-000002.tar").exists(), "the old dataset's extra shards are gone"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "fresh"]
 
 
 def test_a_failed_shards_run_leaves_no_folder(tmp_path, capsys):
@@ -165,8 +171,9 @@ def test_a_failed_shards_run_leaves_no_folder(tmp_path, capsys):
     for i in range(4):
         __import__("PIL.Image").Image.fromarray(np.full((4, 4), i * 40, dtype=np.uint8)).save(images / f"{i}.png")
     (images / "9.png").write_bytes(b"not a png")
-    assert main(["shards", str(images), str(tmp_path / "out"), "--no-progress"]) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"], "no output and no staging folder"
+    assert main(["shards", str(images), str(tmp_path / "out" / "deeper"), "--no-progress"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"], "no output, no staging, no created parents"
+    assert main(["shards", "digits", str(tmp_path / "x"), "--val-fraction", "nan", "--no-progress"]) == 2
 
 
 def test_output_folders_that_are_files(tmp_path, capsys):
@@ -195,3 +202,28 @@ def test_output_on_a_read_only_file_system(read_only_folder, capsys):
     assert "Read-only file system" in capsys.readouterr().err
     assert main(["shards", "digits", str(read_only_folder / "ds"), "--no-progress"]) == 2
     assert "Read-only file system" in capsys.readouterr().err
+
+
+def test_more_bad_inputs_are_one_line(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 4, 4), dtype=np.uint8))
+    assert main(["shards", str(tmp_path / "empty.npy"), str(tmp_path / "e"), "--no-progress"]) == 2
+    assert "holds no images" in capsys.readouterr().err and not (tmp_path / "e").exists()
+    assert main(["shards", "digits", str(tmp_path / "d"), "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    manifest["levels"] = 0
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["train", f"data.path={tmp_path / 'd'}", f"run.out_dir={tmp_path / 'runs'}", "--no-progress"]) == 2
+    assert "levels must be an int of at least 2" in capsys.readouterr().err
+    assert main(["train", f"run.out_dir={tmp_path / 'runs'}", "run.name=" + "n" * 300, "--no-progress"]) == 2
+    assert "File name too long" in capsys.readouterr().err
+    assert main(["bench", "data", "--images", "0", "--out", str(tmp_path / "b.csv")]) == 2
+    assert "fewer than 3 batches" in capsys.readouterr().err
+    assert main(["train", "data.path=/x/train-{000000..000001", "--no-progress"]) == 2
+    assert "not a valid brace pattern" in capsys.readouterr().err
+    assert main(["train", "eval.temperature=inf", "--no-progress"]) == 2
+    assert "eval.temperature=inf is not a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -91,6 +91,8 @@ def train_step_rate(shape, batch_size: int, steps: int) -> float:
 def run(
     out: str = "bench/data.csv", images: int = 4096, batch_size: int = 128, workers=(0, 1, 2), train_steps: int = 5
 ) -> list[dict]:
+    if images < 3 * batch_size:
+        raise DataError(f"--images {images} is fewer than 3 batches of {batch_size}: a rate needs a few batches")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -68,6 +68,9 @@ class Manifest:
             if raw.get("format") != FORMAT:
                 raise DataError(f"{path} has format {raw.get('format')!r}, expected {FORMAT!r}")
             splits = {k: [ShardInfo(**s) for s in v] for k, v in raw["splits"].items()}
+            bad = [s.name for v in splits.values() for s in v if not isinstance(s.count, int) or s.count < 0]
+            if bad or not isinstance(raw["levels"], int) or raw["levels"] < 2:
+                raise ValueError(f"levels must be an int of at least 2 and counts ints of at least 0 ({bad[:1]})")
             return cls(
                 image_shape=[int(v) for v in raw["image_shape"]],
                 levels=int(raw["levels"]),

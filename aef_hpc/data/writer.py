@@ -6,6 +6,7 @@ interrupted run never leaves a half-written shard under its final name nor a man
 
 import hashlib
 import io
+import math
 import os
 import shutil
 import sys
@@ -87,29 +88,36 @@ def write_shards(
 ) -> Manifest:
     """Write ``out_dir/{split}-NNNNNN.tar`` and ``out_dir/manifest.json``; return the manifest.
 
-    Everything is written into a hidden sibling folder first, which replaces ``out_dir`` only when complete: a
-    failed or interrupted run leaves neither a partial shard nor an empty folder (a folder left by a kill is
-    removed by the next run). A non-empty ``out_dir`` is refused unless ``overwrite``.
+    The shards are written into ``out_dir/.partial/`` and moved into place when all are complete, the manifest
+    last: a failed or interrupted run leaves no partial shard, and no folder it created (a staging folder left
+    by a kill is removed by the next run). A non-empty ``out_dir`` is refused unless ``overwrite``, which removes
+    the old dataset's manifest (first) and shards, and nothing else.
     """
     if encoding not in ("png", "npy"):
         raise DataError(f"encoding {encoding!r} is unknown: use png or npy")
-    if samples_per_shard < 1 or (shard_size_mb is not None and shard_size_mb <= 0):
+    if samples_per_shard < 1 or (shard_size_mb is not None and not 0 < shard_size_mb < math.inf):
         raise DataError("samples per shard and shard size must be positive")
     if resolution is not None and resolution < 1:
         raise DataError(f"--resolution {resolution} must be a positive number of pixels")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(
+            f"--val-fraction {val_fraction} and --test-fraction {test_fraction} must be in [0, 1) "
+            "and sum to less than 1"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} is a file, not a folder: choose another output folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    staging = out_dir / ".partial"
+    if out_dir.is_dir() and any(p != staging for p in out_dir.iterdir()) and not overwrite:
         what = "a dataset (manifest.json)" if (out_dir / "manifest.json").exists() else "files"
         raise DataError(f"{out_dir} already holds {what}: choose another folder, or pass --overwrite to replace it")
-    staging = out_dir.parent / f".{out_dir.name}.partial"
+    created = [p for p in [out_dir, *out_dir.parents] if not p.exists()]  # removed again on failure
     try:
-        if staging.exists():
-            shutil.rmtree(staging)  # left by a killed run
-        staging.mkdir(parents=True)
+        staging.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging)  # what a killed run left
+        staging.mkdir()
     except OSError as exc:
-        raise DataError(f"cannot write into {out_dir.parent} ({exc.strerror}): choose a writable folder") from None
+        raise DataError(f"cannot write into {out_dir} ({exc.strerror}): choose a writable folder") from None
     try:
         manifest = _write_all(
             spec,
@@ -123,17 +131,36 @@ def write_shards(
             seed,
             progress,
         )
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old"
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out_dir)
+        _remove_dataset(out_dir)
+        for split in manifest.splits.values():
+            for shard in split:
+                os.replace(staging / shard.name, out_dir / shard.name)
+        os.replace(staging / "manifest.json", out_dir / "manifest.json")
+        staging.rmdir()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return manifest
+
+
+def _remove_dataset(out_dir: Path) -> None:
+    """Remove an old dataset from ``out_dir``: its manifest first (the folder stops being a dataset at once), then
+    its shards; nothing else."""
+    manifest = out_dir / "manifest.json"
+    if not manifest.exists():
+        return
+    try:
+        names = [s.name for shards in Manifest.load(manifest).splits.values() for s in shards]
+    except DataError:
+        names = []
+    manifest.unlink()
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _write_all(
@@ -149,6 +176,8 @@ def _write_all(
     progress,
 ) -> Manifest:
     source = open_source(spec)
+    if not source.items:
+        raise DataError(f"{spec} holds no images")
     splits = assign_splits(source, val_fraction, test_fraction, seed)
     max_bytes = None if shard_size_mb is None else shard_size_mb * 2**20
     shape, written = None, {}

@@ -10,9 +10,7 @@ import contextlib
 import dataclasses
 import math
 import shutil
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from ..evaluate import (
 from ..kernels import check_available, use_kernels
 from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
+from ..signals import sigterm_as_interrupt
 from .ema import EMA
 from .progress import Progress
 from .run_dir import MetricsLog, lock_run, new_run_dir, read_metrics, write_env
@@ -50,23 +49,6 @@ class Interrupted(AEFError):
     """Ctrl-C or SIGTERM: training stopped; the newest checkpoint is whole and ``--resume`` continues from it."""
 
     exit_code = 130
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's kill, a preemption) ends the loop like Ctrl-C, with the same message."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -137,7 +119,7 @@ def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.
 
 
 def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult:
-    with use_kernels(cfg.kernels), _sigterm_as_interrupt():
+    with use_kernels(cfg.kernels), sigterm_as_interrupt():
         return _train(cfg, progress, resume)
 
 

@@ -5,6 +5,7 @@ A run folder is created once and never written into again except by ``aef-hpc tr
 drops every row and event after its checkpoint's step, so the log reads as one uninterrupted run.
 """
 
+import contextlib
 import csv
 import datetime
 import fcntl
@@ -29,6 +30,10 @@ PACKAGES = ("torch", "numpy", "triton", "omegaconf", "webdataset", "deepspeed", 
 def new_run_dir(cfg: Config) -> Path:
     """Create ``out_dir/name`` (``name`` defaults to ``<model>-<date>-<time>``); an existing folder is an error."""
     path = Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    try:
+        path.exists()
+    except OSError as exc:
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: cannot create {path} ({exc.strerror})") from None
     if cfg.run.name is None:  # an automatic name never collides: -2, -3, ... within the same second
         base, n = path, 1
         while path.exists():
@@ -40,9 +45,13 @@ def new_run_dir(cfg: Config) -> Path:
         raise ConfigError(
             f"run folder {path} exists: continue it with `aef-hpc train --resume {path}` or choose another run.name"
         )
+    created = [p for p in path.parents if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        for folder in created:  # innermost first: leave nothing behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: cannot create {path} ({exc.strerror})") from None
     if not os.access(path, os.W_OK):
         raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {path} is not writable")
