@@ -170,3 +170,24 @@ def test_decode_checks_its_latents(model, latent, deviations, match):
     latent = torch.zeros(3, 2, dtype=torch.float32) if latent == "float32" else torch.zeros(latent)
     with pytest.raises(DataError, match=match):
         model.decode(latent, None if deviations is None else torch.zeros(deviations))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: build_model("vae", (1, 4, 4), True, architecture="mlp"), "latent_dim must be a positive int"),
+        (lambda: build_model("vae", (1, 4, 4), 2, architecture="mlp", alpha="0.1"), "alpha='0.1'"),
+        (lambda: build_model("aef-linear", (1, 4, 4), 2, architecture="mlp", proposal_std=-1), "proposal_std=-1"),
+        (lambda: build_model("aef-linear", (1, 4, 4), 2, proposal_std=float("nan")), "proposal_std=nan"),
+        (lambda: build_model("iwae", (1, 4, 4), 2, architecture="mlp", num_samples=0), "num_samples=0"),
+        (lambda: build_model("vae", (1, 4, 4), 2, architecture="mlp").elbo(torch.rand(2, 1, 4, 4), 0), "num_samples=0"),
+        (
+            lambda: build_model("vae", (1, 4, 4), 2, architecture="mlp").marginal_log_prob(torch.rand(2, 1, 4, 4), 4.0),
+            "num_samples=4.0",
+        ),
+        (lambda: build_model("vae", (1, 4, 4), 2, architecture="mlp").sample(2, generator=5), "torch.Generator"),
+    ],
+)
+def test_the_public_api_raises_aef_errors(call, match):
+    with pytest.raises(ModelError, match=match):
+        call()

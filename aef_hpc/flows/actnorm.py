@@ -15,8 +15,9 @@ from ..kernels import acc_dtype
 from .base import Bijection
 
 EPS = 1e-5
-#: a channel whose standard deviation is at most this cannot set a scale (a constant batch)
-MIN_SPREAD = 1e-6
+#: a channel whose standard deviation is at most this cannot set a scale (a constant batch): ten times EPS, below
+#: which the scale ``e^l + EPS`` could not normalise it
+MIN_SPREAD = 1e-4
 
 
 class ActNorm(Bijection):

@@ -5,7 +5,7 @@ import math
 from ..errors import ModelError
 from ..flows import build_flow
 from ..nets import build_networks
-from .base import Embedding, GenerativeAutoencoder, standard_normal_log_prob
+from .base import Embedding, GenerativeAutoencoder, check_count, standard_normal_log_prob
 from .expanded import ExpandedAEF, select_proposal_std
 from .masks import MASKS, build_mask
 from .partition import PartitionAEF
@@ -40,8 +40,15 @@ def build_model(
     shape = tuple(image_shape)
     if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise ModelError(f"image_shape must be three positive ints (C, H, W), got {image_shape!r}")
-    if not isinstance(latent_dim, int) or latent_dim < 1:
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
         raise ModelError(f"latent_dim must be a positive int, got {latent_dim!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha < 0.5:
+        raise ModelError(f"alpha={alpha!r} must be a number in [0, 0.5)")
+    std = options.get("proposal_std", 1.0)
+    if isinstance(std, bool) or not isinstance(std, int | float) or not 0 < std < math.inf:
+        raise ModelError(f"proposal_std={std!r} must be a positive finite number")
+    if "num_samples" in options:
+        check_count("num_samples", options["num_samples"])
     if name in PARTITION_MASKS:
         build_mask(PARTITION_MASKS[name], shape, latent_dim)  # fail on an impossible mask before building nets
     if name == "aef-linear" and latent_dim > math.prod(shape):

@@ -38,6 +38,13 @@ def tile(tensors, k: int) -> list[torch.Tensor]:
     return [t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:]) for t in tensors]
 
 
+def check_count(name: str, value) -> int:
+    """``value`` must be an int (not a bool) of at least 1, else ``ModelError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{name}={value!r} must be an int of at least 1")
+    return value
+
+
 def importance_log_weights(
     log_weights: Callable[[torch.Tensor], torch.Tensor],
     noise_shape: tuple[int, ...],
@@ -48,8 +55,8 @@ def importance_log_weights(
 ) -> torch.Tensor:
     """``[K, B]`` log-weights ``log p(x, w_k) - log q(w_k | x)`` from ``log_weights(noise[k, B, ...]) -> [k, B]``,
     ``chunk_size`` draws at a time. All ``K`` noise draws are made first, so nothing depends on ``chunk_size``."""
-    if num_samples < 1 or chunk_size < 1:
-        raise ModelError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be at least 1")
+    check_count("num_samples", num_samples)
+    check_count("chunk_size", chunk_size)
     device = generator.device if generator is not None else like.device
     noise = torch.randn(num_samples, *noise_shape, generator=generator, device=device).to(like)
     return torch.cat([log_weights(noise[i : i + chunk_size]) for i in range(0, num_samples, chunk_size)])
@@ -142,6 +149,8 @@ class GenerativeAutoencoder(nn.Module):
         return y, log_det, mu_e, sigma_e
 
     def _noise_like(self, *shape: int, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ModelError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         param = next(self.parameters())
         device = generator.device if generator is not None else param.device
         return torch.randn(*shape, generator=generator, device=device).to(param)

@@ -12,7 +12,7 @@ proposal dropped the epsilon, method.md §5.4).
 
 from .. import kernels
 from ..flows import Bijection
-from .base import GenerativeAutoencoder, importance_log_weights, standard_normal_log_prob, tile
+from .base import GenerativeAutoencoder, check_count, importance_log_weights, standard_normal_log_prob, tile
 
 
 class VAE(GenerativeAutoencoder):
@@ -39,6 +39,7 @@ class VAE(GenerativeAutoencoder):
 
     def elbo(self, x, num_samples: int = 1, generator=None):
         """Monte-Carlo ELBO ``mean_k log w_k`` (a lower bound on ``log p(x)`` in expectation)."""
+        check_count("num_samples", num_samples)
         context = self._context(x)
         noise = self._noise_like(num_samples, x.shape[0], self.latent_dim, generator=generator)
         return self._log_weights(context, noise).mean(dim=0)
