@@ -61,10 +61,7 @@ def _open_trained(path, overrides):
     from .evaluate import check_same_data, restore
 
     trained = restore(path, overrides)
-    d = trained.cfg.data
-    data = open_data(
-        d.name, d.path, d.manifest, d.val_fraction, d.test_fraction, d.seed, d.num_workers, d.shuffle_buffer
-    )
+    data = open_data(trained.cfg.data)
     check_same_data(trained.checkpoint, data)
     return trained, data
 

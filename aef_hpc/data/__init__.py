@@ -5,6 +5,7 @@ Training and evaluation see one interface, implemented by ``TensorSource`` (in m
 ``Batch(images, skipped)`` and ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``.
 """
 
+from ..config import DataConfig
 from .dequantize import dequantize
 from .digits import Splits, load_digits_images, load_embedded, split
 from .manifest import Manifest
@@ -13,21 +14,12 @@ from .stream import Batch, ShardSource
 from .writer import write_shards
 
 
-def open_data(
-    name: str,
-    path: str | None,
-    manifest: str | None,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    num_workers: int = 0,
-    shuffle_buffer: int = 1000,
-    on_bad_shard: str = "error",
-):
-    """``ShardSource`` for ``path`` (a shard folder or URL template), else the embedded dataset ``name``."""
-    if path:
-        return ShardSource(path, manifest, num_workers, shuffle_buffer, seed, on_bad_shard)
-    return TensorSource(load_embedded(name, val_fraction, test_fraction, seed), seed)
+def open_data(cfg: DataConfig):
+    """``ShardSource`` for ``cfg.path`` (a shard folder, URL template or brace pattern), else the embedded
+    dataset ``cfg.name``."""
+    if cfg.path:
+        return ShardSource(cfg.path, cfg.manifest, cfg.num_workers, cfg.shuffle_buffer, cfg.seed, cfg.on_bad_shard)
+    return TensorSource(load_embedded(cfg.name, cfg.val_fraction, cfg.test_fraction, cfg.seed), cfg.seed)
 
 
 __all__ = [

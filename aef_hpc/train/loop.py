@@ -129,17 +129,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
     check_available(cfg.kernels, device)
     check_fid_weights(cfg.eval.fid_weights)
     d, t = cfg.data, cfg.train
-    data = open_data(
-        d.name,
-        d.path,
-        d.manifest,
-        d.val_fraction,
-        d.test_fraction,
-        d.seed,
-        d.num_workers,
-        d.shuffle_buffer,
-        d.on_bad_shard,
-    )
+    data = open_data(d)
     cfg = check_data_matches_model(data, cfg)
     if resume is not None:
         check_same_data(resume, data)
