@@ -1,6 +1,15 @@
-"""Test helpers: autograd-Jacobian checks of the bijection contract, and weight randomisation."""
+"""Test helpers: autograd-Jacobian checks of the bijection contract, weight randomisation, the console script."""
+
+import shutil
+import sys
+from pathlib import Path
 
 import torch
+
+
+def aef_hpc_exe() -> str:
+    """The ``aef-hpc`` console script of the environment running the tests."""
+    return shutil.which("aef-hpc") or str(Path(sys.executable).with_name("aef-hpc"))
 
 
 def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:

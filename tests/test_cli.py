@@ -2,11 +2,10 @@
 
 import csv
 import json
-import shutil
 import subprocess
-import sys
 
 import pytest
+from helpers import aef_hpc_exe
 from PIL import Image
 
 from aef_hpc.cli import main
@@ -99,7 +98,7 @@ def test_split_is_fixed_and_disjoint():
     ],
 )
 def test_console_script_reports_bad_input_in_one_line(tmp_path, args, match):
-    exe = shutil.which("aef-hpc") or str(__import__("pathlib").Path(sys.executable).with_name("aef-hpc"))
+    exe = aef_hpc_exe()
     proc = subprocess.run([exe, *args, f"run.out_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -108,7 +107,7 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path, args, match):
 
 
 def test_triton_kernels_on_cpu_without_interpreter_fail_before_writing(tmp_path):
-    exe = shutil.which("aef-hpc") or str(__import__("pathlib").Path(sys.executable).with_name("aef-hpc"))
+    exe = aef_hpc_exe()
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [exe, "train", "kernels=triton", f"run.out_dir={tmp_path}/runs"],
@@ -136,7 +135,7 @@ def test_in_memory_training_batches_are_full_and_equal_on_every_rank(monkeypatch
 
 
 def test_aef_hpc_alone_prints_the_help_and_trains_nothing(tmp_path):
-    exe = shutil.which("aef-hpc") or str(__import__("pathlib").Path(sys.executable).with_name("aef-hpc"))
+    exe = aef_hpc_exe()
     proc = subprocess.run([exe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "usage: aef-hpc" in proc.stdout and "train" in proc.stdout
     assert not (tmp_path / "runs").exists()

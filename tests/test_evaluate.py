@@ -5,11 +5,11 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import aef_hpc_exe
 
 from aef_hpc.cli import main
 from aef_hpc.engine.single import load_model_weights
@@ -32,10 +32,6 @@ IS = [
     "eval.proposal_images=32",
     "eval.proposal_stds=[1.0,0.1]",
 ]
-
-
-def exe() -> str:
-    return shutil.which("aef-hpc") or str(Path(sys.executable).with_name("aef-hpc"))
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +184,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, runs, args, match):
     run = runs / "center"
     before = sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*"))
     args = [a.format(run=run, tmp=tmp_path) for a in args]
-    proc = subprocess.run([exe(), *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([aef_hpc_exe(), *args], capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr
     assert sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*")) == before, "nothing written"
@@ -196,7 +192,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, runs, args, match):
 
 @pytest.mark.parametrize("verb", ["train", "eval", "sample", "shards", "bench"])
 def test_every_verb_has_help(verb):
-    proc = subprocess.run([exe(), verb, "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([aef_hpc_exe(), verb, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage: aef-hpc" in proc.stdout and len(proc.stdout) > 200
 
 
@@ -221,7 +217,9 @@ def test_eval_on_other_data(tmp_path, runs, float32_default):
     write_shards(str(tmp_path / "wide.npy"), tmp_path / "wide", progress=False)
     run = tmp_path / "center"
     shutil.copytree(runs / "center", run)
-    proc = subprocess.run([exe(), "eval", str(run), f"data.path={tmp_path / 'wide'}"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [aef_hpc_exe(), "eval", str(run), f"data.path={tmp_path / 'wide'}"], capture_output=True, text=True
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "256 pixel levels" in lines[0] and "17" in lines[0]
     own = records_of(run)

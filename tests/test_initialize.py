@@ -65,7 +65,7 @@ def test_a_constant_batch_is_refused_and_changes_nothing():
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     import subprocess
 
-    from test_resume import aef_hpc_exe
+    from helpers import aef_hpc_exe
 
     proc = subprocess.run(
         [

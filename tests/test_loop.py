@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import torch
-from test_resume import aef_hpc_exe
+from helpers import aef_hpc_exe
 
 from aef_hpc import build_model
 from aef_hpc.cli import main

@@ -4,12 +4,12 @@ one (embedded digits; tar shards read by 2 workers), and only complete, intact c
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import aef_hpc_exe
 from shard_helpers import digits_shards
 
 from aef_hpc.cli import main
@@ -38,10 +38,6 @@ RUN = [
     "eval.grid_samples=4",
     "--no-progress",
 ]
-
-
-def aef_hpc_exe() -> str:
-    return shutil.which("aef-hpc") or str(Path(sys.executable).with_name("aef-hpc"))
 
 
 def final_state(run: Path) -> dict:
