@@ -30,6 +30,8 @@ def _train(args) -> int:
     else:
         checkpoint, cfg = None, load_config(args.config, args.overrides)
     result = train(cfg, progress=not args.no_progress, resume=checkpoint)
+    if result is None:  # ranks other than 0: rank 0 reports
+        return 0
     _print_summary(result.summary, result.eval_dir)
     print(f"run folder:     {result.run_dir}")
     print(f"best val {result.loss_name}: {result.best_val_loss:.3f} nats/image (step {result.best_step})")
@@ -127,6 +129,21 @@ def _sample(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .evaluate.export import export
+
+    print(f"wrote {export(args.path, args.out)}")
+    return 0
+
+
+def _info(args) -> int:
+    from .engine.info import describe
+
+    for key, value in describe().items():
+        print(f"{key + ':':<18}{value}")
+    return 0
+
+
 def _shards(args) -> int:
     from .data import write_shards
 
@@ -214,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file overriding the defaults of aef_hpc.config")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed's launcher
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.name=vae train.steps=200")
     train.set_defaults(func=_train)
 
@@ -242,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="n=64 temperature=0.85 deviations=true seed=0, config keys"
     )
     sample.set_defaults(func=_sample)
+
+    export = commands.add_parser(
+        "export",
+        help="write any checkpoint (DeepSpeed ZeRO shards too) as one safetensors file plus its config",
+        description="Consolidate a checkpoint (a run folder: its best) into OUT/step-N/model.safetensors with "
+        "config.yaml and meta.json (default OUT: RUN/export); aef-hpc eval and sample open that folder in one "
+        "process.",
+    )
+    export.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="runs/NAME or runs/NAME/checkpoints/step-N")
+    export.add_argument("--out", help="folder that receives step-N/ (default RUN_DIR/export)")
+    export.set_defaults(func=_export, overrides=[])
+
+    info = commands.add_parser(
+        "info", help="print the ranks, devices, backend and versions this process finds (run it under a launcher)"
+    )
+    info.set_defaults(func=_info, overrides=[])
 
     shards = commands.add_parser("shards", help="write webdataset tar shards and manifest.json from a source")
     shards.add_argument(

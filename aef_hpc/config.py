@@ -150,9 +150,21 @@ class RunConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    config: str = "configs/deepspeed/zero2.yaml"
+    """a DeepSpeed preset (configs/deepspeed/zero0..3.yaml): the ZeRO stage and its options only; batch size,
+    accumulation, clipping, optimizer, LR and precision come from train.* (one source of truth)"""
+    offload_optimizer: bool = False
+    """keep optimizer states on the CPU (ZeRO 1-3; compiles DeepSpeedCPUAdam on first use)"""
+
+
+@dataclass
 class Config:
     kernels: str = "auto"
     """fused affine-layer ops: auto (Triton on CUDA tensors, eager elsewhere) | triton | eager"""
+    engine: str = "single"
+    """single (one process) | ddp (torch DistributedDataParallel) | deepspeed (ZeRO, see deepspeed.config)"""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -184,6 +196,7 @@ _POSITIVE = (
 _POSITIVE_OR_NULL = ("train.checkpoint_every", "train.patience", "eval.limit", "train.skip_threshold")
 _CHOICES = {
     "kernels": ("auto", "triton", "eager"),
+    "engine": ("single", "ddp", "deepspeed"),
     "train.lr_schedule": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16"),
     "data.on_bad_shard": ("error", "skip"),

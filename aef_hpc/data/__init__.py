@@ -2,11 +2,11 @@
 
 Training and evaluation see one interface, implemented by ``TensorSource`` (in memory) and ``ShardSource``
 (webdataset shards): ``image_shape``, ``levels``, ``count(split)``, ``train_epoch(epoch, batch_size, start)`` yielding
-``Batch(images, skipped)`` and ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``.
+``Batch(images, ids, skipped)`` and ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``.
 """
 
 from ..config import DataConfig
-from .dequantize import dequantize
+from .dequantize import dequantize, dequantize_keyed, keyed_normal, keyed_uniform, sample_id
 from .digits import Splits, load_digits_images, load_embedded, split
 from .manifest import Manifest
 from .memory import TensorSource
@@ -29,9 +29,13 @@ __all__ = [
     "Splits",
     "TensorSource",
     "dequantize",
+    "dequantize_keyed",
+    "keyed_normal",
+    "keyed_uniform",
     "load_digits_images",
     "load_embedded",
     "open_data",
+    "sample_id",
     "split",
     "write_shards",
 ]

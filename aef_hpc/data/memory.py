@@ -4,8 +4,9 @@ from collections.abc import Iterator
 
 import torch
 
+from ..engine.discovery import world_info
 from .digits import Splits
-from .stream import Batch, world_info
+from .stream import Batch
 
 
 class TensorSource:
@@ -45,7 +46,7 @@ class TensorSource:
         needed = self.batches_per_epoch(batch_size) * batch_size
         mine = mine.repeat(-(-needed // len(mine)))[:needed]
         for chunk in mine.split(batch_size)[start:]:
-            yield Batch(self.splits.train[chunk])
+            yield Batch(self.splits.train[chunk], chunk)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         """``(keys, images)`` with keys ``"<split>-<position>"``, this rank's share in order."""

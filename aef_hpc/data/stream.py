@@ -32,27 +32,22 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
+from ..engine.discovery import world_info
 from ..errors import DataError
 from .codec import DECLARED, CorruptSample, decode_sample
+from .dequantize import sample_id
 from .manifest import Manifest
 from .tar import tar_members
 
 
 @dataclass
 class Batch:
-    """uint8 images ``[B, C, H, W]``, plus how many samples were skipped as corrupt since the previous batch."""
+    """uint8 images ``[B, C, H, W]``, their int64 sample ids ``[B]`` (the key of the dequantization noise), and how
+    many samples were skipped as corrupt since the previous batch."""
 
     images: torch.Tensor
+    ids: torch.Tensor
     skipped: int = 0
-
-
-def world_info() -> tuple[int, int]:
-    """``(rank, world_size)`` from torch.distributed if initialised, else ``RANK``/``WORLD_SIZE``, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _tar_name(url: str) -> str:
@@ -288,7 +283,7 @@ class ShardReader(IterableDataset):
         batch = torch.from_numpy(np.stack(images))
         if self.train:
             skipped, handler.count = handler.count, 0
-            return batch, skipped
+            return batch, torch.tensor([sample_id(k) for k in keys]), skipped
         return batch, keys, torch.tensor(shard_ids)
 
 
@@ -397,8 +392,8 @@ class ShardSource:
         world = world_info()
         loader = self._loader("train", batch_size, True, epoch, world, start)
         try:
-            for images, skipped in itertools.islice(loader, max(0, self.batches_per_epoch(batch_size) - start)):
-                yield Batch(images, int(skipped))
+            for images, ids, skipped in itertools.islice(loader, max(0, self.batches_per_epoch(batch_size) - start)):
+                yield Batch(images, ids, int(skipped))
         except DataError as exc:
             hint = "" if self.on_bad_shard == "skip" else " (data.on_bad_shard=skip trains on without it)"
             raise DataError(f"{_one_line(exc)}{hint}") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .discovery import barrier, world_info
 
 FORMAT = "aef_hpc-checkpoint"
 VERSION = 1
@@ -97,21 +98,41 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, write: Callable[[Path], None], meta: dict, keep_last: int, best: bool = False
-) -> Checkpoint:
-    """Write a checkpoint of ``step`` with ``write(folder)``, commit it, move the pointers, prune old ones."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    run_dir: Path | None,
+    step: int,
+    write: Callable[[Path], None],
+    meta: dict,
+    keep_last: int,
+    best: bool = False,
+    root: Path | None = None,
+) -> Checkpoint | None:
+    """Write a checkpoint of ``step`` with ``write(folder)`` into ``run_dir/checkpoints`` (or ``root``), commit
+    it, move the pointers, prune old ones.
+
+    Collective when a process group is joined: rank 0 prepares the temporary folder (on a file system every rank
+    sees), every rank's ``write`` adds its share (a ZeRO shard; rank-local RNG states), and rank 0 alone commits.
+    Returns the checkpoint on rank 0, ``None`` elsewhere."""
+    rank, _ = world_info()
+    root = Path(root) if root is not None else Path(run_dir) / "checkpoints"
     name = step_name(step)
     tmp = root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
     write(tmp)
+    barrier()
+    if rank != 0:
+        barrier()  # rank 0 commits
+        return None
     files = {}
-    for file in sorted(tmp.iterdir()):
+    for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
         _fsync(file)
-        files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+        files[file.relative_to(tmp).as_posix()] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+        _fsync(folder)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -131,6 +152,7 @@ def save_checkpoint(
     if best:
         write_atomic(root / "best", name + "\n")
     _prune(root, keep_last)
+    barrier()
     return Checkpoint(final, meta)
 
 

@@ -46,16 +46,31 @@ class SingleEngine:
         accumulate: int = 1,
         skip_threshold=None,
         compile: bool = False,
+        precision: str = "fp32",
     ):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.grad_clip, self.accumulate = grad_clip, accumulate
         self.skip_threshold = math.inf if skip_threshold is None else skip_threshold
-        self._loss = torch.compile(model.loss) if compile else model.loss
+        self._forward = torch.compile(model) if compile else model
+        device = next(model.parameters()).device
+        self._autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self._micro, self._loss_sum = 0, None
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-sample training objective ``[B]`` of the wrapped model."""
-        return self._loss(x)
+        """The per-sample training objective ``[B]`` of the wrapped model (bf16 autocast when asked)."""
+        with self._autocast:
+            return self._call(x)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    def eval_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The objective outside training (validation): the plain model in float32."""
+        return self.model.loss(x)
+
+    def _agree(self, ok: torch.Tensor) -> torch.Tensor:
+        """The step decision every rank takes (one process: its own)."""
+        return ok
 
     def backward_and_step(self, loss: torch.Tensor) -> StepResult | None:
         """Accumulate ``loss / accumulate``; at a boundary clip, check, and step (or skip) the optimizer."""
@@ -68,7 +83,7 @@ class SingleEngine:
         lr = self.optimizer.param_groups[0]["lr"]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         ok = torch.isfinite(self._loss_sum) & torch.isfinite(norm) & (norm <= self.skip_threshold)
-        stepped = bool(ok)  # the one host synchronisation of a step
+        stepped = bool(self._agree(ok))  # the one host synchronisation of a step
         if stepped:
             self.optimizer.step()
         with warnings.catch_warnings():  # the schedule follows the step count, taken or skipped

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ..data import dequantize
 from ..models.base import effective_sample_size, log_mean_exp
@@ -63,14 +64,19 @@ def per_image_nll(
 
 
 @torch.no_grad()
-def mean_loss(model, batches: Iterable, levels: int, generator: torch.Generator, device) -> float:
-    """The training objective averaged over every image of ``batches`` (validation), in eval mode."""
-    model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
+def mean_loss(loss_fn, batches: Iterable, levels: int, generator: torch.Generator, device) -> float:
+    """``loss_fn`` (a model's objective, in eval mode) averaged over every image of ``batches``, and over every
+    rank's share when a process group is joined (validation)."""
+    total = torch.zeros(2, dtype=torch.float64)  # the sum of the objective, the image count
     for _, images in batches:
-        total += model.loss(dequantize(images, levels, generator).to(device)).double().sum().cpu()
-        count += len(images)
-    return (total / max(count, 1)).item()
+        total[0] += loss_fn(dequantize(images, levels, generator).to(device)).double().sum().cpu()
+        total[1] += len(images)
+    if dist.is_available() and dist.is_initialized():
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else total.device
+        reduced = total.to(on)
+        dist.all_reduce(reduced)
+        total = reduced.cpu()
+    return (total[0] / max(total[1].item(), 1)).item()
 
 
 def first_images(batches: Iterable, n: int) -> torch.Tensor:

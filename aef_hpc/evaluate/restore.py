@@ -5,6 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from ..config import Config, from_yaml
@@ -14,6 +15,8 @@ from ..engine.single import load_model_weights
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import GenerativeAutoencoder
 from ..models.from_config import model_from_config
+
+EXPORT_FILE = "model.safetensors"
 
 
 @dataclass
@@ -74,18 +77,37 @@ def restore(path, overrides: list[str] = (), use_ema: bool = True) -> Trained:
     return trained
 
 
+def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> tuple[dict, bool]:
+    """The whole weights of any checkpoint in one process: an export's ``model.safetensors``, a DeepSpeed
+    checkpoint consolidated (any ZeRO stage and rank count), or ``model.pt``; with the EMA on top when the run
+    kept one. Returns ``(state dict, whether they are EMA weights)``."""
+    path = checkpoint.path
+    if (path / EXPORT_FILE).is_file():
+        try:
+            return safetensors.torch.load_file(path / EXPORT_FILE), bool(checkpoint.meta.get("ema"))
+        except Exception as exc:  # noqa: BLE001  safetensors raises its own error types
+            raise CheckpointError(f"{path / EXPORT_FILE} is not a readable safetensors file ({exc})") from None
+    if checkpoint.meta.get("engine") == "deepspeed":
+        from ..engine.deepspeed import consolidated_state_dict
+
+        state = consolidated_state_dict(path)
+    else:
+        state = load_file(path / "model.pt")
+    if use_ema and cfg.train.ema_rate > 0:
+        ema = load_file(path / "train_state.pt", ("ema",))["ema"]
+        if ema:
+            return {**state, **ema}, True
+    return state, False
+
+
 def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> Trained:
     device = resolve_device(cfg.train.device)
     if cfg.model.image_shape is None:
         raise CheckpointError(f"{checkpoint.path}/config.yaml records no model.image_shape: not a complete run")
     model = model_from_config(cfg.model, cfg.model.image_shape)
-    state = load_file(checkpoint.path / "model.pt")
-    ema = None
-    if use_ema and cfg.train.ema_rate > 0:
-        ema = load_file(checkpoint.path / "train_state.pt", ("ema",))["ema"]
-        state = {**state, **(ema or {})}
-    load_model_weights(model, checkpoint.path / "model.pt", state)
-    return Trained(cfg, checkpoint, model.to(device).eval(), device, ema is not None)
+    state, ema = checkpoint_weights(checkpoint, cfg, use_ema)
+    load_model_weights(model, checkpoint.path, state)
+    return Trained(cfg, checkpoint, model.to(device).eval(), device, ema)
 
 
 def check_same_data(checkpoint: Checkpoint, data) -> None:

@@ -182,6 +182,11 @@ class GenerativeAutoencoder(nn.Module):
             raise ModelError(f"initialize: ActNorm {missed[0]} is not on the training objective's path")
 
     # -- interface ---------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``loss(x)``: the per-sample objective ``[B]``. Engines call the module (DDP's and DeepSpeed's wrappers
+        hook ``forward``: gradient reduction, ZeRO-3 parameter gathering), never ``loss`` directly."""
+        return self.loss(x)
+
     def loss(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """The training objective per sample; ``loss_name`` says which it is."""
         raise NotImplementedError

@@ -8,6 +8,7 @@ checkpoint holds the model, optimizer, schedule, EMA, step, epoch and batch with
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import shutil
 import sys
@@ -17,10 +18,13 @@ from pathlib import Path
 import torch
 
 from ..config import Config, to_yaml
-from ..data import dequantize, open_data
+from ..data import dequantize_keyed, keyed_normal, open_data
 from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkpoint, save_checkpoint
 from ..engine.checkpoint import load_file, point_best, step_name, write_atomic
-from ..errors import AEFError, DataError
+from ..engine.ddp import DDPEngine
+from ..engine.deepspeed import DeepSpeedEngine, deepspeed_config, model_scope
+from ..engine.discovery import barrier, discover, init_distributed, leave_distributed
+from ..errors import AEFError, CheckpointError, ConfigError, DataError
 from ..evaluate import (
     check_fid_weights,
     check_same_data,
@@ -35,9 +39,10 @@ from ..kernels import check_available, use_kernels
 from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
 from ..signals import sigterm_as_interrupt
+from .collective import initialize_collectively, mean_over_ranks, rank_file, share
 from .ema import EMA
 from .progress import Progress
-from .run_dir import MetricsLog, lock_run, new_run_dir, read_metrics, write_env
+from .run_dir import MetricsLog, SilentLog, lock_run, new_run_dir, read_metrics, write_env
 from .schedule import build_scheduler
 
 
@@ -112,66 +117,128 @@ def training_batches(data, batch_size: int, epoch: int, start: int):
         epoch, start = epoch + 1, 0
 
 
-def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
-    """Denoising data (method.md §4.3): ``clamp(x + N(0, std^2), 0, 1)``."""
-    noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x)
-    return (x + std * noise).clamp(0, 1)
+def training_inputs(batch, levels: int, seed: int, epoch: int, noise_std: float, device) -> torch.Tensor:
+    """Dequantized (and, for denoising, noised: method.md §4.3 ``clamp(x + N(0, std^2), 0, 1)``) images; both
+    noises are keyed by ``(seed, epoch, sample id)``, so a sample gets the same ones on any rank."""
+    ids = batch.ids.to(device)
+    x = dequantize_keyed(batch.images.to(device, non_blocking=True), levels, ids, seed, epoch)
+    if noise_std > 0:
+        x = (x + noise_std * keyed_normal(ids, x.shape[1:], seed, epoch, 1)).clamp(0, 1)
+    return x
 
 
-def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult:
+def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult | None:
+    """Train (on every rank of a job: see ``engine.discovery``); rank 0 returns the result, other ranks ``None``."""
     with use_kernels(cfg.kernels), sigterm_as_interrupt():
         return _train(cfg, progress, resume)
 
 
-def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
+def _check_world(cfg: Config, info, resume: Checkpoint | None) -> None:
+    if info.distributed and cfg.engine == "single":
+        raise ConfigError(
+            f"{info.world_size} processes were started ({info.source}) but engine=single trains in one: set "
+            "engine=ddp or engine=deepspeed, or start one process"
+        )
+    if resume is not None:
+        saved = (resume.meta.get("engine", "single"), resume.meta.get("world_size", 1))
+        if saved != (cfg.engine, info.world_size):
+            raise CheckpointError(
+                f"--resume {resume.run_dir}: its checkpoints were written by engine={saved[0]} on {saved[1]} "
+                f"process(es), this job is engine={cfg.engine} on {info.world_size}: resume with the same engine "
+                "and process count, or start a new run from `aef-hpc export`"
+            )
+
+
+def _build_engine(cfg: Config, model, ds_config):
+    t = cfg.train
+    if cfg.engine == "deepspeed":
+        return DeepSpeedEngine(model, ds_config, lambda optimizer: build_scheduler(optimizer, t))
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    kind = DDPEngine if cfg.engine == "ddp" else SingleEngine
+    return kind(model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate, t.skip_threshold,
+                t.compile, t.precision)  # fmt: skip
+
+
+def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult | None:
     # -- everything that can be wrong with the input fails here, before a file is written ----------------------
+    info = discover()
+    _check_world(cfg, info, resume)
+    ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
     device = resolve_device(cfg.train.device)
     check_available(cfg.kernels, device)
     check_fid_weights(cfg.eval.fid_weights)
-    d, t = cfg.data, cfg.train
-    data = open_data(d)
+    data = open_data(cfg.data)
     cfg = check_data_matches_model(data, cfg)
     if resume is not None:
         check_same_data(resume, data)
     dropped = data.verify()  # every shard's size and checksum, before anything is written or trained
-    torch.manual_seed(t.seed)
-    model = model_from_config(cfg.model, data.image_shape).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    engine = SingleEngine(
-        model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate, t.skip_threshold, t.compile
-    )
+    device = init_distributed(info, device, force=cfg.engine != "single")
+    try:
+        result = _train_ranks(cfg, progress, resume, info, ds_config, device, data, dropped)
+        barrier()
+    finally:
+        leave_distributed()
+    if info.rank != 0:
+        return None
+    try:  # one process: the test evaluation and figures of the best checkpoint
+        return finish(*result)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {result[0]}`"
+        ) from None
+
+
+def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped):
+    d, t = cfg.data, cfg.train
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    with model_scope(ds_config):
+        model = model_from_config(cfg.model, data.image_shape).to(device)
+    if info.rank:  # each rank its own model noise (VAE sampling) from here on
+        torch.manual_seed(t.seed + 7919 * info.rank)
+    batches = training_batches(data, t.batch_size, 0, 0)
+    if resume is None:  # ActNorm from the global first batch, before the engine copies or partitions the model
+        epoch, index, first = next(batches)
+        initialize_collectively(model, training_inputs(first, data.levels, t.seed, epoch, d.noise_std, device))
+        batches = itertools.chain([(epoch, index, first)], batches)
+    engine = _build_engine(cfg, model, ds_config)
     ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
-    dequant_gen = torch.Generator(device).manual_seed(t.seed + 1)  # noise made where it is used: no copy, no sync
     state = TrainState(skipped_samples=dropped)
 
     # -- a new run folder, or the state of the run being resumed ---------------------------------------------------
+    main = info.rank == 0
     if resume is None:
-        run_dir = new_run_dir(cfg)
-        lock = lock_run(run_dir)  # noqa: F841  held until this function returns
+        run_dir = share(new_run_dir(cfg) if main else None)
     else:
         run_dir = resume.run_dir
-        lock = lock_run(run_dir)  # noqa: F841
+    lock = lock_run(run_dir) if main else None  # noqa: F841  held until this function returns
+    if resume is not None:
         engine.load(resume.path)
-        state = _load_train_state(resume.path, ema, dequant_gen, device)
-        point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
-        print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
-    write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    write_env(run_dir, device, world_size=1, resumed_from=None if resume is None else state.step)
-    log = MetricsLog(run_dir, None if resume is None else state.step)
+        state = _load_train_state(resume.path, ema, device)
+        batches = training_batches(data, t.batch_size, state.epoch, state.batch_in_epoch)
+        if main:
+            point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
+            print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
+    if main:
+        write_atomic(run_dir / "config.yaml", to_yaml(cfg))
+        write_env(run_dir, device, world_size=info.world_size, resumed_from=None if resume is None else state.step)
+    log = MetricsLog(run_dir, None if resume is None else state.step) if main else SilentLog()
 
     def checkpoint(best: bool) -> None:
         state.loss_sum, state.loss_count = running.item(), counted
 
         def write(folder: Path) -> None:
             engine.save(folder)
-            torch.save(_train_state_dict(state, ema, dequant_gen, device), folder / "train_state.pt")
-            (folder / "config.yaml").write_text(to_yaml(cfg))
+            torch.save(_rng_state(device), rank_file(folder, "rng"))
+            if main:
+                torch.save({**vars(state), "ema": None if ema is None else ema.state_dict()}, folder / "train_state.pt")
+                (folder / "config.yaml").write_text(to_yaml(cfg))
 
         meta = {
             "epoch": state.epoch,
             "batch_in_epoch": state.batch_in_epoch,
             "engine": engine.name,
-            "world_size": 1,
+            "world_size": info.world_size,
+            "zero_stage": getattr(engine, "stage", None),
             "model": cfg.model.name,
             "image_shape": list(data.image_shape),
             "levels": data.levels,
@@ -181,30 +248,20 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
 
     # -- the steps ------------------------------------------------------------------------------------------------
     eval_gen = lambda: torch.Generator().manual_seed(cfg.eval.seed)  # noqa: E731  same noise at every validation
-    batches = training_batches(data, t.batch_size, state.epoch, state.batch_in_epoch)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     objective = model.loss_name
-    bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress, t.progress_every)
+    bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and main, t.progress_every)
     running, counted = torch.tensor(state.loss_sum, device=device), state.loss_count
     if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
         state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
     last = state.step if state.stopped_early else t.steps
-    uninitialized = resume is None
     try:
         for step in range(state.step + 1, last + 1):
             model.train()
             for _ in range(t.accumulate):
                 epoch, index, batch = next(batches)
                 state.skipped_samples += batch.skipped
-                x = dequantize(batch.images.to(device, non_blocking=True), data.levels, dequant_gen)
-                if d.noise_std > 0:
-                    x = add_noise(x, d.noise_std, dequant_gen)
-                if uninitialized:  # ActNorm from the first batch, once, before the first step of a new run
-                    model.initialize(x)
-                    uninitialized = False
-                with autocast:
-                    loss = engine.loss(x).mean()
-                result = engine.backward_and_step(loss)
+                x = training_inputs(batch, data.levels, t.seed, epoch, d.noise_std, device)
+                result = engine.backward_and_step(engine.loss(x).mean())
             state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
             if result.stepped:
                 state.skips_in_row = 0
@@ -224,7 +281,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
                         f"train.skip_threshold; {kept}"
                     )
             if step % t.log_every == 0 and counted:
-                value = (running / counted).item()  # a host synchronisation, every log_every steps only
+                value = mean_over_ranks(running / counted).item()  # a host synchronisation every log_every steps
                 running, counted = torch.zeros((), device=device), 0
                 log.log(step, "train", objective, value)
                 log.log(step, "train", "lr", result.lr)
@@ -241,8 +298,9 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
             if state.validation_due and not state.skips_in_row:
                 state.validation_due = False
                 with ema.applied() if ema is not None else contextlib.nullcontext():
+                    model.eval()
                     val = mean_loss(
-                        model, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device
+                        engine.eval_loss, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device
                     )
                 log.log(step, "val", objective, val)
                 state.last_val = {objective: val}
@@ -276,7 +334,8 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
         log.close()
         found = complete_checkpoints(run_dir)
         if resume is None and not found:  # a new run that failed before its first checkpoint leaves nothing
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if main:
+                shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(exc, KeyboardInterrupt):
                 raise Interrupted(
                     f"interrupted at step {state.step}, before the first checkpoint: nothing kept"
@@ -290,13 +349,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult:
         raise
     bar.close()
     log.close()
-
-    try:
-        return finish(run_dir, cfg, data, state.best_step)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {run_dir}`"
-        ) from None
+    return run_dir, cfg, data, state.best_step
 
 
 def finish(run_dir: Path, cfg: Config, data, best_step: int) -> RunResult:
@@ -318,19 +371,19 @@ def finish(run_dir: Path, cfg: Config, data, best_step: int) -> RunResult:
     return RunResult(run_dir, trained.model.loss_name, best_val, trained.checkpoint.step, summary, eval_dir, figures)
 
 
-def _train_state_dict(state: TrainState, ema, dequant_gen, device) -> dict:
-    rng = {"torch": torch.get_rng_state(), "dequantization": dequant_gen.get_state()}
+def _rng_state(device) -> dict:
+    """This rank's RNG states (model noise: the VAE's sampling)."""
+    rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {**vars(state), "rng": rng, "ema": None if ema is None else ema.state_dict()}
+    return rng
 
 
-def _load_train_state(folder: Path, ema, dequant_gen, device) -> TrainState:
-    saved = load_file(folder / "train_state.pt", ("rng", "ema", "step"))
-    rng = saved.pop("rng")
+def _load_train_state(folder: Path, ema, device) -> TrainState:
+    saved = load_file(folder / "train_state.pt", ("ema", "step"))
+    rng = load_file(rank_file(folder, "rng"), ("torch",))
     ema_state = saved.pop("ema")
     torch.set_rng_state(rng["torch"])
-    dequant_gen.set_state(rng["dequantization"])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
     if ema is not None:

@@ -149,3 +149,16 @@ class MetricsLog:
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+class SilentLog:
+    """The ``MetricsLog`` of ranks other than 0: rank 0 alone writes the run folder."""
+
+    def log(self, step: int, split: str, metric: str, value: float) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,189 @@
+"""The DeepSpeed engine: ZeRO stages 0-3, bf16, optional optimizer offload.
+
+One source of truth: the DeepSpeed dict is built from ``train.*`` (micro-batch, accumulation, clipping, Adam and
+its LR schedule, precision) plus a preset (``deepspeed.config``) that may set only what DeepSpeed alone decides
+(the ZeRO stage and its options). On the CPU DeepSpeed would JIT-compile a shared-memory communication op at
+start-up (86-165 s, stack.md #9) and a fused Adam: the first is skipped (gloo does the collectives), the second
+avoided with ``torch_adam`` (the same ``torch.optim.Adam`` the other engines use). Under ZeRO-3 the model is built
+inside ``deepspeed.zero.Init`` (``model_scope``): no rank ever holds all parameters, and code that uses them
+outside ``forward`` (initialisation, sampling, evaluation) runs under ``gathered``.
+"""
+
+import contextlib
+import importlib
+import io
+import math
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..errors import CheckpointError, ConfigError
+from .single import StepResult
+
+#: train.* keys own these: a preset that sets one would contradict them
+OWNED = {
+    "train_batch_size": "train.batch_size",
+    "train_micro_batch_size_per_gpu": "train.batch_size",
+    "gradient_accumulation_steps": "train.accumulate",
+    "gradient_clipping": "train.grad_clip",
+    "optimizer": "train.lr",
+    "scheduler": "train.lr_schedule",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "amp": "train.precision",
+}
+TAG = "zero"
+"""the DeepSpeed tag inside a checkpoint folder: ``step-N/zero/``"""
+
+
+def _preset_path(name: str) -> Path:
+    path = Path(name)
+    if not path.is_absolute() and not path.exists():  # presets shipped with the repository
+        path = Path(__file__).resolve().parents[2] / name
+    return path
+
+
+def deepspeed_config(cfg) -> dict:
+    """The DeepSpeed dict of an aef_hpc ``Config``; a preset that is missing, malformed or sets a key that
+    ``train.*`` owns is a ``ConfigError`` naming both."""
+    path = _preset_path(cfg.deepspeed.config)
+    if not path.is_file():
+        raise ConfigError(f"deepspeed.config={cfg.deepspeed.config}: no such file (presets: configs/deepspeed/)")
+    try:
+        preset = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"deepspeed.config={path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"deepspeed.config={path}: must be a mapping of DeepSpeed keys")
+    for key, ours in OWNED.items():
+        if key in preset:
+            raise ConfigError(f"deepspeed.config={path} sets {key}: remove it, aef_hpc sets it from {ours}")
+    zero = dict(preset.get("zero_optimization") or {})
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.config={path}: zero_optimization.stage={stage!r} must be 0, 1, 2 or 3")
+    t = cfg.train
+    if t.skip_threshold is not None:
+        raise ConfigError("train.skip_threshold is not supported with engine=deepspeed (its step cannot be undone)")
+    if t.compile:
+        raise ConfigError("train.compile is not supported with engine=deepspeed: set train.compile=false")
+    if stage == 3 and t.ema_rate > 0:
+        raise ConfigError("train.ema_rate needs whole parameters: not supported under ZeRO-3 (set it to 0)")
+    if cfg.deepspeed.offload_optimizer:
+        if stage == 0:
+            raise ConfigError("deepspeed.offload_optimizer needs ZeRO stage 1, 2 or 3 (deepspeed.config)")
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        **preset,
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.accumulate,
+        "gradient_clipping": t.grad_clip,
+        "optimizer": {
+            "type": "Adam",
+            "params": {"lr": t.lr, "adam_w_mode": False, "torch_adam": not cfg.deepspeed.offload_optimizer},
+        },
+        "bf16": {"enabled": t.precision == "bf16"},
+        "zero_optimization": zero,
+        "steps_per_print": 2**62,
+    }
+
+
+def _skip_shm_build() -> None:
+    """gloo does the collectives: DeepSpeed's CPU shared-memory op (minutes of g++ at first use) is not built."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def model_scope(ds_config: dict | None):
+    """Where the model is built: ``deepspeed.zero.Init`` under ZeRO-3 (parameters partitioned as they are
+    created), else nothing."""
+    if ds_config is None or ds_config["zero_optimization"].get("stage", 0) != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    _skip_shm_build()
+    return deepspeed.zero.Init(config_dict_or_path=ds_config)
+
+
+def gathered(module: torch.nn.Module, modifier: bool = False):
+    """Whole parameters for use outside ``forward`` under ZeRO-3 (``modifier``: rank 0's changes are kept and
+    partitioned again on exit); nothing otherwise."""
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modifier else None)
+
+
+class DeepSpeedEngine:
+    """``deepspeed.initialize`` around the model; DeepSpeed accumulates, clips and steps."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: torch.nn.Module, ds_config: dict, scheduler_factory):
+        import deepspeed
+
+        _skip_shm_build()
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=list(model.parameters()), config=ds_config, lr_scheduler=scheduler_factory
+        )
+        self.accumulate = ds_config["gradient_accumulation_steps"]
+        self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else next(model.parameters()).dtype
+        self.stage = ds_config["zero_optimization"].get("stage", 0)
+        self._loss_sum = None
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.engine(x.to(self.dtype))
+
+    def eval_loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.engine(x.to(self.dtype)).float()
+
+    def backward_and_step(self, loss: torch.Tensor) -> StepResult | None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        lr = self.engine.get_lr()[0]
+        self.engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+        self._loss_sum = loss.detach().float() + (0 if self._loss_sum is None else self._loss_sum)
+        norm = None
+        if boundary and self.stage == 0:  # DeepSpeed reports no norm without ZeRO: the reduced gradients' own
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+        self.engine.step()
+        if not boundary:
+            return None
+        if norm is None:
+            norm = self.engine.get_global_grad_norm()
+        norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32).detach().cpu()
+        loss, self._loss_sum = self._loss_sum / self.accumulate, None
+        stepped = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss))
+        return StepResult(stepped, loss, norm, lr)
+
+    def unwrap(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def save(self, folder: Path) -> None:
+        """Every rank writes its share under ``folder/zero/`` (collective)."""
+        self.engine.save_checkpoint(str(folder), tag=TAG)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=True)
+        if path is None:
+            raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {TAG}/")
+
+
+def consolidated_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole float32 weights of a DeepSpeed checkpoint folder (any stage, any number of ranks), in one
+    process: ZeRO 1-3 through DeepSpeed's zero_to_fp32 API, stage 0 from its model states file."""
+    from deepspeed.utils import zero_to_fp32
+
+    ds_dir = Path(folder) / TAG
+    with contextlib.redirect_stdout(io.StringIO()):  # zero_to_fp32 prints its progress
+        try:
+            if not list(ds_dir.glob("*optim_states.pt")):  # stage 0 with torch's optimizer: whole weights
+                state = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+                weights = state["module"]
+            else:
+                weights = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder}: not a readable DeepSpeed checkpoint ({exc})") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}

@@ -1,0 +1,229 @@
+"""Process discovery: who am I among how many, and where do we meet.
+
+Order (design.md): torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; also set by DeepSpeed's
+launcher), then SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, the first host of
+``SLURM_JOB_NODELIST``), then MPI (``mpiexec``: PMI or Open MPI variables, rendezvous through mpi4py), else one
+process. ``MASTER_ADDR``/``MASTER_PORT`` in the environment always win (emulated or multi-homed nodes). Backend:
+NCCL on CUDA, gloo on CPU; ``torch.cuda.set_device(local_rank)`` happens before anything touches CUDA.
+"""
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import DistributedError
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """This process's place in the job, and where rank 0 listens."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+    source: str = "single"
+    """which launcher was found: torchrun, slurm, mpi or single"""
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def expand_nodelist(spec: str) -> list[str]:
+    """SLURM's compressed host list, e.g. ``n[01-03,07],gpu5`` -> ``[n01, n02, n03, n07, gpu5]`` (zero padding
+    kept; several bracket groups in one name multiply out)."""
+    hosts, depth, start = [], 0, 0
+    for i, char in enumerate(spec + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0 or depth > 1:
+            raise DistributedError(f"SLURM node list {spec!r}: unbalanced brackets")
+        if char == "," and depth == 0:
+            if spec[start:i].strip():
+                hosts += _expand_one(spec[start:i].strip(), spec)
+            start = i + 1
+    if depth or not hosts:
+        raise DistributedError(f"SLURM node list {spec!r}: unbalanced brackets or empty")
+    return hosts
+
+
+def _expand_one(name: str, spec: str) -> list[str]:
+    match = re.search(r"\[([^\]]*)\]", name)
+    if match is None:
+        return [name]
+    head, tail, values = name[: match.start()], name[match.end() :], []
+    for part in match.group(1).split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise DistributedError(f"SLURM node list {spec!r}: {part!r} is not a number or a range a-b")
+        width = len(low)
+        values += [str(v).zfill(width) for v in range(int(low), int(high or low) + 1)]
+    return [host for v in values for host in _expand_one(head + v + tail, spec)]
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key].split("(")[0])
+    except ValueError:
+        raise DistributedError(f"environment variable {key}={env[key]!r} is not an integer") from None
+
+
+def _port(env: Mapping[str, str], fallback: int) -> int:
+    return _int(env, "MASTER_PORT") if "MASTER_PORT" in env else fallback
+
+
+def _mpi_world(env: Mapping[str, str]) -> tuple[int, int, int] | None:
+    """``(rank, size, local rank)`` from the variables ``mpiexec`` sets (MPICH/Hydra, Open MPI), or ``None``."""
+    for rank, size, local in (
+        ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ):
+        if rank in env and size in env:
+            return _int(env, rank), _int(env, size), _int(env, local) if local in env else 0
+    return None
+
+
+def discover(env: Mapping[str, str] | None = None) -> ProcessInfo:
+    """The ``ProcessInfo`` of this process, from ``env`` (default ``os.environ``); see the module docstring."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return ProcessInfo(
+            rank=_int(env, "RANK"),
+            world_size=_int(env, "WORLD_SIZE"),
+            local_rank=_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            local_world_size=_int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1,
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=_port(env, DEFAULT_PORT),
+            source="torchrun",
+        )
+    mpi = _mpi_world(env)
+    slurm_step = "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env
+    if slurm_step and (mpi is None or mpi[:2] == (_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"))):
+        # srun (also `srun --mpi=pmi2`, whose PMI variables agree); mpiexec inside an allocation falls to MPI
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        job = _int(env, "SLURM_JOB_ID") if "SLURM_JOB_ID" in env else 0
+        per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1"
+        return ProcessInfo(
+            rank=_int(env, "SLURM_PROCID"),
+            world_size=_int(env, "SLURM_NTASKS"),
+            local_rank=_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            local_world_size=int(per_node.split("(")[0].split(",")[0]),
+            master_addr=env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
+            master_port=_port(env, 15000 + job % 20000),  # one port per job: two jobs on a node do not collide
+            source="slurm",
+        )
+    if mpi is not None:
+        rank, size, local = mpi
+        addr, port = _mpi_rendezvous(env)
+        return ProcessInfo(rank, size, local, _int(env, "MPI_LOCALNRANKS") if "MPI_LOCALNRANKS" in env else 1,
+                           addr, port, "mpi")  # fmt: skip
+    return ProcessInfo()
+
+
+def _mpi_rendezvous(env: Mapping[str, str]) -> tuple[str, int]:
+    """Rank 0's address and a free port of it, broadcast through mpi4py (MPI itself names no rendezvous)."""
+    if "MASTER_ADDR" in env and "MASTER_PORT" in env:
+        return env["MASTER_ADDR"], _int(env, "MASTER_PORT")
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as exc:
+        raise DistributedError(
+            f"started by mpiexec but mpi4py cannot load an MPI library ({exc}): use the mpiexec of the venv "
+            "(PyPI mpich) or set MASTER_ADDR and MASTER_PORT"
+        ) from None
+    comm = MPI.COMM_WORLD
+    found = (env.get("MASTER_ADDR") or _own_address(), _free_port()) if comm.Get_rank() == 0 else None
+    return comm.bcast(found, root=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _own_address() -> str:
+    host = socket.gethostname()
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return "127.0.0.1"
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def check_devices(info: ProcessInfo, device: torch.device, env: Mapping[str, str] | None = None) -> None:
+    """Settings that cannot work: more local ranks than GPUs; one SLURM task per node on a node with several GPUs
+    (torchrun was meant to start one process per GPU)."""
+    if device.type != "cuda":
+        return
+    env = os.environ if env is None else env
+    count = torch.cuda.device_count()
+    if info.local_rank >= count:
+        raise DistributedError(
+            f"local rank {info.local_rank} has no GPU: this node shows {count} (CUDA_VISIBLE_DEVICES="
+            f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')}); start at most {count} processes per node"
+        )
+    if info.source == "slurm" and info.local_world_size == 1 and count > 1 and info.distributed:
+        raise DistributedError(
+            f"SLURM started one task per node but each node has {count} GPUs and no torchrun ran: use "
+            "launchers/slurm.sbatch (torchrun per node) or srun --ntasks-per-node=<GPUs per node>"
+        )
+
+
+def init_distributed(info: ProcessInfo, device: torch.device, force: bool = False) -> torch.device:
+    """Join the process group of ``info`` (one process: only when ``force``, a group of one for the DDP and
+    DeepSpeed engines); returns this rank's device (``cuda:local_rank`` on GPUs, made current first)."""
+    check_devices(info, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not (info.distributed or force) or dist.is_initialized():
+        return device
+    if not info.distributed and "MASTER_PORT" not in os.environ:
+        info = ProcessInfo(master_port=_free_port())
+    os.environ.update(  # what DeepSpeed and torch's env:// read
+        RANK=str(info.rank),
+        WORLD_SIZE=str(info.world_size),
+        LOCAL_RANK=str(info.local_rank),
+        MASTER_ADDR=info.master_addr,
+        MASTER_PORT=str(info.master_port),
+    )
+    try:
+        dist.init_process_group(backend_for(device), init_method="env://")
+    except (RuntimeError, ValueError) as exc:
+        raise DistributedError(
+            f"rank {info.rank} of {info.world_size} ({info.source}) could not reach rank 0 at "
+            f"{info.master_addr}:{info.master_port}: {str(exc).splitlines()[0]}; check MASTER_ADDR/MASTER_PORT"
+        ) from None
+    return device
+
+
+def world_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the joined process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def leave_distributed() -> None:
+    """Leave the process group (after the last collective)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing for one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,35 @@
+"""``aef-hpc export``: any checkpoint (single, DDP, or a ZeRO checkpoint sharded over N ranks) as one
+``model.safetensors`` plus its config, in a checkpoint folder that ``aef-hpc eval`` and ``sample`` open in one
+process. The weights are those evaluation uses (the EMA when the run kept one)."""
+
+from pathlib import Path
+
+import safetensors.torch
+
+from ..config import to_yaml
+from ..engine import open_checkpoint, save_checkpoint
+from ..engine.single import load_model_weights
+from ..models.from_config import model_from_config
+from .restore import EXPORT_FILE, checkpoint_config, checkpoint_weights
+
+#: what an export keeps of its checkpoint's metadata
+KEPT = ("epoch", "batch_in_epoch", "model", "image_shape", "levels", "validation")
+
+
+def export(path: str | Path, out: str | Path | None = None) -> Path:
+    """Export the checkpoint ``path`` (a run folder: its best) to ``out/step-N/`` (default ``RUN/export``)."""
+    checkpoint = open_checkpoint(path)
+    cfg = checkpoint_config(checkpoint)
+    state, ema = checkpoint_weights(checkpoint, cfg)
+    model = model_from_config(cfg.model, cfg.model.image_shape)
+    load_model_weights(model, checkpoint.path, state)  # a mismatch stops here, before anything is written
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta = {k: checkpoint.meta.get(k) for k in KEPT}
+    meta.update(engine="export", world_size=1, ema=ema, exported_from=str(checkpoint.path.resolve()))
+
+    def write(folder: Path) -> None:
+        safetensors.torch.save_file(tensors, str(folder / EXPORT_FILE), metadata={"model": cfg.model.name})
+        (folder / "config.yaml").write_text(to_yaml(cfg))
+
+    root = Path(out) if out is not None else checkpoint.run_dir / "export"
+    return save_checkpoint(None, checkpoint.step, write, meta, keep_last=2**31, root=root).path
