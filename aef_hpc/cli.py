@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate AutoEncoders within Flows and VAE baselines; write data shards; benchmark.",
         epilog="e.g. aef-hpc train model.name=vae train.steps=200; every key is in aef_hpc/config.py",
     )
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed's launcher
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser(
         "train",
@@ -231,7 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file overriding the defaults of aef_hpc.config")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed's launcher
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.name=vae train.steps=200")
     train.set_defaults(func=_train)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..data import dequantize
+from ..data import dequantize, dequantize_keyed, sample_id
 from ..models.base import effective_sample_size, log_mean_exp
 
 
@@ -64,12 +64,14 @@ def per_image_nll(
 
 
 @torch.no_grad()
-def mean_loss(loss_fn, batches: Iterable, levels: int, generator: torch.Generator, device) -> float:
+def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device) -> float:
     """``loss_fn`` (a model's objective, in eval mode) averaged over every image of ``batches``, and over every
-    rank's share when a process group is joined (validation)."""
+    rank's share when a process group is joined (validation). Each image's dequantization noise is keyed by
+    ``(seed, its key)``: the same value on any number of ranks."""
     total = torch.zeros(2, dtype=torch.float64)  # the sum of the objective, the image count
-    for _, images in batches:
-        total[0] += loss_fn(dequantize(images, levels, generator).to(device)).double().sum().cpu()
+    for keys, images in batches:
+        ids = torch.tensor([sample_id(k) for k in keys], device=device)
+        total[0] += loss_fn(dequantize_keyed(images.to(device), levels, ids, seed)).double().sum().cpu()
         total[1] += len(images)
     if dist.is_available() and dist.is_initialized():
         on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else total.device

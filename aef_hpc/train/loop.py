@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +40,8 @@ from ..evaluate import (
 from ..kernels import check_available, use_kernels
 from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
-from ..signals import sigterm_as_interrupt
-from .collective import initialize_collectively, mean_over_ranks, rank_file, share
+from ..signals import CheckpointRequest, sigterm_as_interrupt
+from .collective import any_rank, initialize_collectively, mean_over_ranks, rank_file, share
 from .ema import EMA
 from .progress import Progress
 from .run_dir import MetricsLog, SilentLog, lock_run, new_run_dir, read_metrics, write_env
@@ -54,6 +56,12 @@ class Interrupted(AEFError):
     """Ctrl-C or SIGTERM: training stopped; the newest checkpoint is whole and ``--resume`` continues from it."""
 
     exit_code = 130
+
+
+class Preempted(AEFError):
+    """SIGUSR1: a checkpoint was written at a step boundary and (under SLURM) the job requeued."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again
 
 
 @dataclass
@@ -72,6 +80,8 @@ class TrainState:
     loss_sum: float = 0.0
     """the objective summed over the steps since the last log line, and their count"""
     loss_count: int = 0
+    requeues: int = 0
+    """how often SIGUSR1 requeued this run under SLURM (capped by run.max_requeues)"""
     validation_due: bool = False
     """a validation fell inside a run of skipped steps and runs at the next good step"""
     stopped_early: bool = False
@@ -129,8 +139,8 @@ def training_inputs(batch, levels: int, seed: int, epoch: int, noise_std: float,
 
 def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult | None:
     """Train (on every rank of a job: see ``engine.discovery``); rank 0 returns the result, other ranks ``None``."""
-    with use_kernels(cfg.kernels), sigterm_as_interrupt():
-        return _train(cfg, progress, resume)
+    with use_kernels(cfg.kernels), sigterm_as_interrupt(), CheckpointRequest() as request:
+        return _train(cfg, progress, resume, request)
 
 
 def _check_world(cfg: Config, info, resume: Checkpoint | None) -> None:
@@ -159,7 +169,7 @@ def _build_engine(cfg: Config, model, ds_config):
                 t.compile, t.precision)  # fmt: skip
 
 
-def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult | None:
+def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> RunResult | None:
     # -- everything that can be wrong with the input fails here, before a file is written ----------------------
     info = discover()
     _check_world(cfg, info, resume)
@@ -174,7 +184,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult 
     dropped = data.verify()  # every shard's size and checksum, before anything is written or trained
     device = init_distributed(info, device, force=cfg.engine != "single")
     try:
-        result = _train_ranks(cfg, progress, resume, info, ds_config, device, data, dropped)
+        result = _train_ranks(cfg, progress, resume, info, ds_config, device, data, dropped, request)
         barrier()
     finally:
         leave_distributed()
@@ -188,7 +198,7 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None) -> RunResult 
         ) from None
 
 
-def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped):
+def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped, request):
     d, t = cfg.data, cfg.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     with model_scope(ds_config):
@@ -239,6 +249,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
             "engine": engine.name,
             "world_size": info.world_size,
             "zero_stage": getattr(engine, "stage", None),
+            "requeues": state.requeues,
             "model": cfg.model.name,
             "image_shape": list(data.image_shape),
             "levels": data.levels,
@@ -247,7 +258,6 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
         save_checkpoint(run_dir, state.step, write, meta, cfg.run.keep_last, best)
 
     # -- the steps ------------------------------------------------------------------------------------------------
-    eval_gen = lambda: torch.Generator().manual_seed(cfg.eval.seed)  # noqa: E731  same noise at every validation
     objective = model.loss_name
     bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and main, t.progress_every)
     running, counted = torch.tensor(state.loss_sum, device=device), state.loss_count
@@ -300,7 +310,11 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
                 with ema.applied() if ema is not None else contextlib.nullcontext():
                     model.eval()
                     val = mean_loss(
-                        engine.eval_loss, data.eval_batches("val", cfg.eval.batch_size), data.levels, eval_gen(), device
+                        engine.eval_loss,
+                        data.eval_batches("val", cfg.eval.batch_size),
+                        data.levels,
+                        cfg.eval.seed,
+                        device,
                     )
                 log.log(step, "val", objective, val)
                 state.last_val = {objective: val}
@@ -316,6 +330,8 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
             elif t.checkpoint_every and step % t.checkpoint_every == 0 and not state.skips_in_row:
                 log.flush()
                 checkpoint(best=False)
+            if any_rank(request.pending()):  # every rank stops at the same step boundary
+                _stop_for_requeue(state, cfg, checkpoint, log, main)
             bar.step(step)
             if state.stopped_early:
                 break
@@ -350,6 +366,26 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     bar.close()
     log.close()
     return run_dir, cfg, data, state.best_step
+
+
+def _stop_for_requeue(state: TrainState, cfg: Config, checkpoint, log, main: bool) -> None:
+    """Checkpoint now and, under SLURM, requeue the job (rank 0: ``scontrol requeue``; its rerun resumes from the
+    checkpoint), at most ``run.max_requeues`` times; raises ``Preempted``."""
+    job = os.environ.get("SLURM_JOB_ID")
+    requeue = job is not None and state.requeues < cfg.run.max_requeues
+    state.requeues += requeue
+    if not state.skips_in_row:  # inside a run of skipped steps the newest checkpoint stays the last good one
+        log.flush()
+        checkpoint(best=False)
+    kept = f"checkpoint at step {state.step}" if not state.skips_in_row else "the last good checkpoint"
+    if not requeue:
+        why = "not under SLURM" if job is None else f"run.max_requeues={cfg.run.max_requeues} reached"
+        raise Preempted(f"SIGUSR1: stopped with a {kept}; no requeue ({why}): continue with --resume")
+    if main:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if done.returncode:
+            raise Preempted(f"SIGUSR1: {kept} written, but `scontrol requeue {job}` failed: {done.stderr.strip()}")
+    raise Preempted(f"SIGUSR1: {kept} written; job {job} requeued ({state.requeues} of {cfg.run.max_requeues})")
 
 
 def finish(run_dir: Path, cfg: Config, data, best_step: int) -> RunResult:
