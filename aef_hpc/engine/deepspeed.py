@@ -32,6 +32,7 @@ OWNED = {
     "bf16": "train.precision",
     "fp16": "train.precision",
     "amp": "train.precision",
+    "torch_autocast": "train.precision",
 }
 TAG = "zero"
 """the DeepSpeed tag inside a checkpoint folder: ``step-N/zero/``"""
@@ -83,7 +84,10 @@ def deepspeed_config(cfg) -> dict:
             "type": "Adam",
             "params": {"lr": t.lr, "adam_w_mode": False, "torch_adam": not cfg.deepspeed.offload_optimizer},
         },
-        "bf16": {"enabled": t.precision == "bf16"},
+        # bf16 as autocast over float32 weights (like the other engines): DeepSpeed's "bf16" mode would store the
+        # weights and activations in bf16, where a dequantized pixel (255 + u) / 256 rounds to 1 and the logit
+        # preprocessing returns inf (measured: every step non-finite)
+        "torch_autocast": {"enabled": t.precision == "bf16", "dtype": "bfloat16"},
         "zero_optimization": zero,
         "steps_per_print": 2**62,
     }
@@ -129,15 +133,14 @@ class DeepSpeedEngine:
             model=model, model_parameters=list(model.parameters()), config=ds_config, lr_scheduler=scheduler_factory
         )
         self.accumulate = ds_config["gradient_accumulation_steps"]
-        self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else next(model.parameters()).dtype
         self.stage = ds_config["zero_optimization"].get("stage", 0)
         self._loss_sum = None
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine(x.to(self.dtype))
+        return self.engine(x)
 
     def eval_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine(x.to(self.dtype)).float()
+        return self.engine(x).float()
 
     def backward_and_step(self, loss: torch.Tensor) -> StepResult | None:
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -177,7 +180,8 @@ def consolidated_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils import zero_to_fp32
 
     ds_dir = Path(folder) / TAG
-    with contextlib.redirect_stdout(io.StringIO()):  # zero_to_fp32 prints its progress
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # zero_to_fp32 prints its progress
         try:
             if not list(ds_dir.glob("*optim_states.pt")):  # stage 0 with torch's optimizer: whole weights
                 state = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)

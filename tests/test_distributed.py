@@ -1,0 +1,163 @@
+"""Two real ranks on gloo, started by torchrun (launchers/local.sh), mpiexec (launchers/mpirun.sh) and DeepSpeed's
+launcher: every engine trains the same losses as one process with the same global batch; ranks hold identical
+parameters; ZeRO-3 partitions them; a 2-rank checkpoint resumes on 2 ranks and exports to one process."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aef_hpc.config import load_config
+from aef_hpc.data import open_data
+from aef_hpc.engine.deepspeed import consolidated_state_dict
+from aef_hpc.evaluate import restore
+from aef_hpc.evaluate.likelihood import mean_loss
+from aef_hpc.models.from_config import model_from_config
+from aef_hpc.train.run_dir import read_metrics
+from tests.helpers import aef_hpc_exe
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+#: 20 steps of aef-center, 16 images per rank: the global batch of one process with 32
+COMMON = ["model.name=aef-center", "train.steps=20", "train.val_every=10", "train.log_every=1", "eval.limit=64",
+          "eval.grid_samples=4", "train.device=cpu", "--no-progress"]  # fmt: skip
+ENGINES = {
+    "ddp": ["engine=ddp"],
+    **{f"zero{s}": ["engine=deepspeed", f"deepspeed.config=configs/deepspeed/zero{s}.yaml"] for s in range(4)},
+}
+
+
+def launch(command: list[str], **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "VENV": str(VENV_BIN.parent), "PATH": f"{VENV_BIN}:{os.environ['PATH']}", **env},
+    )  # fmt: skip
+    assert proc.returncode == 0, "\n".join(
+        line for line in proc.stderr.splitlines() if "Warning" not in line and "return func" not in line
+    )[-3000:]
+    return proc
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    rows = read_metrics(run_dir)
+    return {int(r["step"]): float(r["value"]) for r in rows if r["metric"] == "nll" and r["split"] == "train"}
+
+
+def assert_same_losses(run_dir: Path, reference: dict[int, float], rtol: float = 1e-4) -> None:
+    losses = train_losses(run_dir)
+    assert sorted(losses) == list(range(1, 21))
+    worst = max(abs(losses[s] - reference[s]) / abs(reference[s]) for s in losses)
+    print(f"{run_dir.name}: largest relative loss difference to one process {worst:.2e}")
+    assert worst < rtol
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def single(runs):
+    launch([aef_hpc_exe(), "train", *COMMON, "train.batch_size=32", f"run.out_dir={runs}", "run.name=single"])
+    losses = train_losses(runs / "single")
+    assert losses[20] < losses[1] - 20, "one process trains"
+    return losses
+
+
+def two_rank_run(runs: Path, engine: str) -> Path:
+    """``runs/ENGINE``: 20 steps on 2 torchrun ranks (launched once per module)."""
+    if not (runs / engine / "metrics.csv").exists():
+        launch(["bash", "launchers/local.sh", *COMMON, *ENGINES[engine], "train.batch_size=16",
+                f"run.out_dir={runs}", f"run.name={engine}"], NPROC="2")  # fmt: skip
+    return runs / engine
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_two_torchrun_ranks_train_like_one_process(runs, single, engine):
+    run = two_rank_run(runs, engine)
+    assert_same_losses(run, single)
+    assert json.loads((run / "env.json").read_text())[-1]["world_size"] == 2
+
+
+def test_mpiexec_and_the_deepspeed_launcher_train_the_same_losses(runs, single):
+    launch(["bash", "launchers/mpirun.sh", *COMMON, *ENGINES["zero2"], "train.batch_size=16",
+            f"run.out_dir={runs}", "run.name=mpiexec"], NP="2")  # fmt: skip
+    assert_same_losses(runs / "mpiexec", single)
+    launch([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29611", "--module", "aef_hpc.cli",
+            "train", *COMMON, *ENGINES["zero1"], "train.batch_size=16", f"run.out_dir={runs}",
+            "run.name=ds-launcher"])  # fmt: skip
+    assert_same_losses(runs / "ds-launcher", single)
+
+
+def test_bf16_under_zero2_trains(runs):
+    launch(["bash", "launchers/local.sh", *COMMON, *ENGINES["zero2"], "train.precision=bf16", "train.batch_size=16",
+            f"run.out_dir={runs}", "run.name=bf16"], NPROC="2")  # fmt: skip
+    losses = train_losses(runs / "bf16")
+    first, last = sum(losses[s] for s in range(1, 6)) / 5, sum(losses[s] for s in range(16, 21)) / 5
+    print(f"bf16 ZeRO-2: mean loss of steps 1-5 {first:.2f}, of steps 16-20 {last:.2f}")
+    assert all(map(math.isfinite, losses.values())) and last < first - 10
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero3"])
+def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, float32_default):
+    launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "tests/dist/engine_ranks.py",
+            engine, str(tmp_path)])  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["parameters_equal"] and result["actnorm_equal"] and result["actnorm_initialized"]
+    if engine == "zero3":
+        print(f"ZeRO-3 share of the parameters per rank: {result['rank_shares']}")
+        assert max(result["rank_shares"]) <= 0.55
+        # sampling (gathered parameters) and validation (through the engine) under ZeRO-3 == one process
+        cfg = load_config(None, ["model.name=aef-center"])
+        data = open_data(cfg.data)
+        model = model_from_config(cfg.model, data.image_shape)
+        model.load_state_dict(consolidated_state_dict(tmp_path / "ckpt"))
+        model.eval()
+        samples = model.sample(6, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(samples, torch.load(tmp_path / "samples.pt"), rtol=1e-5, atol=1e-6)
+        val = mean_loss(model.loss, data.eval_batches("val", 64), data.levels, 0, torch.device("cpu"))
+        assert val == pytest.approx(result["val"], rel=1e-6)
+    else:
+        assert result["rank_shares"] == [1.0, 1.0]
+
+
+def test_two_rank_zero3_resumes_on_two_and_exports_to_one(runs, tmp_path, float32_default):
+    args = [*COMMON, *ENGINES["zero3"], "train.batch_size=16", f"run.out_dir={tmp_path}", "run.name=r"]
+    launch(["bash", "launchers/local.sh", *args, "train.steps=10"], NPROC="2")
+    launch(["bash", "launchers/local.sh", "--resume", str(tmp_path / "r"), "train.steps=20", "--no-progress"],
+           NPROC="2")  # fmt: skip
+    uninterrupted = train_losses(two_rank_run(runs, "zero3"))
+    assert train_losses(tmp_path / "r") == uninterrupted, "resumed == uninterrupted (2 ranks)"
+    # the checkpoint of 2 ranks, consolidated, evaluated in one process: the NLL the 2-rank job reported
+    out = launch([aef_hpc_exe(), "export", str(tmp_path / "r")]).stdout
+    exported = Path(out.split("wrote ")[-1].strip())
+    assert (exported / "model.safetensors").is_file() and (exported / "config.yaml").is_file()
+    shown = launch([aef_hpc_exe(), "eval", str(exported), "eval.limit=64", "train.device=cpu"]).stdout
+    ours = json.loads(next((tmp_path / "r" / "eval").glob("*-test/summary.json")).read_text())
+    theirs = json.loads(next((exported.parent / "eval").glob("*-test/summary.json")).read_text())
+    assert theirs["nll_nats"] == ours["nll_nats"] and f"{ours['nll_nats']:.3f}" in shown
+    # and the validation NLL computed through the ZeRO-3 engine on 2 ranks == the exported model's
+    trained = restore(exported)
+    data = open_data(trained.cfg.data)
+    val = mean_loss(trained.model.loss, data.eval_batches("val", 256), data.levels, 0, trained.device)
+    logged = [float(r["value"]) for r in read_metrics(tmp_path / "r") if r["split"] == "val" and r["step"] == "20"]
+    assert val == pytest.approx(logged[0], rel=1e-6)
+
+
+def test_a_resume_on_another_process_count_or_engine_is_one_line(runs):
+    proc = subprocess.run(
+        [aef_hpc_exe(), "train", "--resume", str(two_rank_run(runs, "zero3")), "train.steps=30", "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "written by engine=deepspeed on 2 process(es)" in proc.stderr, proc.stderr
+    proc = subprocess.run(
+        ["bash", "launchers/local.sh", *COMMON, "engine=single", f"run.out_dir={runs}", "run.name=never"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "NPROC": "2"},
+    )  # fmt: skip
+    assert proc.returncode != 0 and "engine=single trains in one" in proc.stderr
+    assert not (runs / "never").exists()
