@@ -183,7 +183,8 @@ def paper_settings(ds: Dataset, model: str, latent: int) -> dict:
 
 def _defaults() -> dict:
     cfg = Config()
-    return {f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name != "kernels"}
+    sections = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in sections}
 
 
 def written_keys(settings: dict) -> dict:

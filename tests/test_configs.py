@@ -10,7 +10,8 @@ from aef_hpc.config import load_config
 from aef_hpc.models.from_config import model_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+#: experiment configs (configs/deepspeed/ holds DeepSpeed presets: tests/test_engine_config.py)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "deepspeed")
 PAPER = ROOT / "configs" / "paper"
 DIGITS_SHAPE = (1, 8, 8)
 

@@ -20,9 +20,9 @@ def export(path: str | Path, out: str | Path | None = None) -> Path:
     """Export the checkpoint ``path`` (a run folder: its best) to ``out/step-N/`` (default ``RUN/export``)."""
     checkpoint = open_checkpoint(path)
     cfg = checkpoint_config(checkpoint)
-    state, ema = checkpoint_weights(checkpoint, cfg)
+    state, ema, source = checkpoint_weights(checkpoint, cfg)
     model = model_from_config(cfg.model, cfg.model.image_shape)
-    load_model_weights(model, checkpoint.path, state)  # a mismatch stops here, before anything is written
+    load_model_weights(model, source, state)  # a mismatch stops here, before anything is written
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {k: checkpoint.meta.get(k) for k in KEPT}
     meta.update(engine="export", world_size=1, ema=ema, exported_from=str(checkpoint.path.resolve()))

@@ -77,27 +77,28 @@ def restore(path, overrides: list[str] = (), use_ema: bool = True) -> Trained:
     return trained
 
 
-def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> tuple[dict, bool]:
+def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> tuple[dict, bool, Path]:
     """The whole weights of any checkpoint in one process: an export's ``model.safetensors``, a DeepSpeed
     checkpoint consolidated (any ZeRO stage and rank count), or ``model.pt``; with the EMA on top when the run
-    kept one. Returns ``(state dict, whether they are EMA weights)``."""
+    kept one. Returns ``(state dict, whether they are EMA weights, where they came from)``."""
     path = checkpoint.path
     if (path / EXPORT_FILE).is_file():
         try:
-            return safetensors.torch.load_file(path / EXPORT_FILE), bool(checkpoint.meta.get("ema"))
+            return safetensors.torch.load_file(path / EXPORT_FILE), bool(checkpoint.meta.get("ema")), path / EXPORT_FILE
         except Exception as exc:  # noqa: BLE001  safetensors raises its own error types
             raise CheckpointError(f"{path / EXPORT_FILE} is not a readable safetensors file ({exc})") from None
     if checkpoint.meta.get("engine") == "deepspeed":
-        from ..engine.deepspeed import consolidated_state_dict
+        from ..engine.deepspeed import TAG, consolidated_state_dict
 
-        state = consolidated_state_dict(path)
+        source, state = path / TAG, consolidated_state_dict(path)
     else:
-        state = load_file(path / "model.pt")
+        source = path / "model.pt"
+        state = load_file(source)
     if use_ema and cfg.train.ema_rate > 0:
         ema = load_file(path / "train_state.pt", ("ema",))["ema"]
         if ema:
-            return {**state, **ema}, True
-    return state, False
+            return {**state, **ema}, True, source
+    return state, False, source
 
 
 def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> Trained:
@@ -105,8 +106,8 @@ def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True
     if cfg.model.image_shape is None:
         raise CheckpointError(f"{checkpoint.path}/config.yaml records no model.image_shape: not a complete run")
     model = model_from_config(cfg.model, cfg.model.image_shape)
-    state, ema = checkpoint_weights(checkpoint, cfg, use_ema)
-    load_model_weights(model, checkpoint.path, state)
+    state, ema, source = checkpoint_weights(checkpoint, cfg, use_ema)
+    load_model_weights(model, source, state)
     return Trained(cfg, checkpoint, model.to(device).eval(), device, ema)
 
 
