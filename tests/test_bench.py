@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from aef_hpc.bench import data
 
 
@@ -44,3 +46,22 @@ def test_bench_kernels_cpu_smoke(tmp_path, float32_default):
         (p, m) for p in ("triton", "eager") for m in ("forward", "backward", "full")
     }
     assert (tmp_path / "kernels.png").stat().st_size > 0
+
+
+def test_bench_scale_counts_what_each_rank_holds(tmp_path):
+    """The scale benchmark itself (2 ranks, ZeRO-3 and DDP, one timed step): ZeRO-3 halves the parameters and
+    gradients, every count meets the ZeRO paper's (plus DeepSpeed's float32 master partition)."""
+    from aef_hpc.bench import scale
+
+    rows = scale.run(tmp_path / "scale.csv", engines=("ddp", "zero3"), ranks=(2,), warmup=1, repeats=1)
+    assert not [r["error"] for r in rows if r["error"]]
+    by = {(r["engine"], r["rank"]): r for r in rows}
+    for rank in (0, 1):
+        ddp, zero3 = by["ddp", rank], by["zero3", rank]
+        assert ddp["params_mb"] == pytest.approx(ddp["expected_params_mb"], rel=0.01)
+        assert ddp["optimizer_mb"] == pytest.approx(ddp["expected_optimizer_mb"], rel=0.01)
+        assert zero3["params_mb"] == pytest.approx(zero3["expected_params_mb"], rel=0.02)
+        assert zero3["params_mb"] <= 0.55 * ddp["params_mb"] and zero3["grads_mb"] <= 0.55 * ddp["grads_mb"]
+        master = zero3["expected_params_mb"]  # DeepSpeed's float32 copy of the rank's partition
+        assert zero3["optimizer_mb"] == pytest.approx(zero3["expected_optimizer_mb"] + master, rel=0.02)
+    assert (tmp_path / "scale.csv").read_text().startswith("engine,world,rank,")
