@@ -146,9 +146,9 @@ class RunConfig:
     into except by `aef-hpc train --resume`"""
     out_dir: str = "runs"
     keep_last: int = 3
+    """complete checkpoints kept (at least 2), besides the best one"""
     max_requeues: int = 20
     """SIGUSR1 under SLURM checkpoints and requeues the job at most this many times (counted in the checkpoints)"""
-    """complete checkpoints kept (at least 2), besides the best one"""
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 
 from aef_hpc.data import dequantize_keyed, keyed_uniform, sample_id
 from aef_hpc.data.dequantize import _GAMMA, _mix_int
-from aef_hpc.engine.discovery import ProcessInfo, check_devices, discover, expand_nodelist
+from aef_hpc.engine.discovery import ProcessInfo, check_devices, discover, expand_nodelist, tasks_on_node
 from aef_hpc.errors import DistributedError
 
 
@@ -25,10 +25,16 @@ def test_nodelists_expand_like_scontrol(spec, hosts):
     assert expand_nodelist(spec) == hosts
 
 
-@pytest.mark.parametrize("spec", ["n[1-3", "n1-3]", "n[a-b]", "", "n[[1]]"])
+@pytest.mark.parametrize("spec", ["n[1-3", "n1-3]", "n[a-b]", "", "n[[1]]", "n[1-]", "n[3-1]"])
 def test_bad_nodelists_are_one_error(spec):
     with pytest.raises(DistributedError, match="node list"):
         expand_nodelist(spec)
+
+
+@pytest.mark.parametrize("spec,node,count", [("2(x3),1", 0, 2), ("2(x3),1", 2, 2), ("2(x3),1", 3, 1), ("4", 0, 4),
+                                             ("1,3", 1, 3)])  # fmt: skip
+def test_tasks_per_node_of_this_node(spec, node, count):
+    assert tasks_on_node(spec, node) == count
 
 
 def test_torchrun_variables_come_first():
@@ -75,6 +81,8 @@ def test_mpi_rendezvous_is_broadcast_by_mpi4py():
 def test_bad_variables_name_the_key():
     with pytest.raises(DistributedError, match="WORLD_SIZE='two'"):
         discover({"RANK": "0", "WORLD_SIZE": "two"})
+    with pytest.raises(DistributedError, match="tasks per node '2x'"):
+        discover({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_TASKS_PER_NODE": "2x"})
 
 
 def test_gpu_settings_that_cannot_work(monkeypatch):
@@ -83,6 +91,9 @@ def test_gpu_settings_that_cannot_work(monkeypatch):
     cuda = torch.device("cuda")
     with pytest.raises(DistributedError, match="local rank 2 has no GPU: this node shows 2"):
         check_devices(ProcessInfo(rank=2, world_size=4, local_rank=2, local_world_size=3), cuda, {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # SLURM bound one GPU to each task
+    check_devices(ProcessInfo(rank=3, world_size=4, local_rank=3, local_world_size=4, source="slurm"), cuda, {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(DistributedError, match="one task per node .* no torchrun ran"):
         check_devices(ProcessInfo(1, 2, 0, 1, "n1", 1, "slurm"), cuda, {})
     check_devices(ProcessInfo(1, 2, 0, 1, "n1", 1, "torchrun"), cuda, {})

@@ -126,12 +126,15 @@ def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, floa
         assert result["rank_shares"] == [1.0, 1.0]
 
 
-def test_two_rank_zero3_resumes_on_two_and_exports_to_one(runs, tmp_path, float32_default):
-    args = [*COMMON, *ENGINES["zero3"], "train.batch_size=16", f"run.out_dir={tmp_path}", "run.name=r"]
-    launch(["bash", "launchers/local.sh", *args, "train.steps=10"], NPROC="2")
+def test_two_rank_zero3_resumes_on_two_and_exports_to_one(tmp_path, float32_default):
+    # log every 3 steps: the checkpoint at step 10 falls inside a logged mean, which must come out the same
+    args = [*COMMON, *ENGINES["zero3"], "train.batch_size=16", "train.log_every=3", f"run.out_dir={tmp_path}"]
+    launch(["bash", "launchers/local.sh", *args, "run.name=whole"], NPROC="2")
+    launch(["bash", "launchers/local.sh", *args, "run.name=r", "train.steps=10"], NPROC="2")
     launch(["bash", "launchers/local.sh", "--resume", str(tmp_path / "r"), "train.steps=20", "--no-progress"],
            NPROC="2")  # fmt: skip
-    uninterrupted = train_losses(two_rank_run(runs, "zero3"))
+    uninterrupted = train_losses(tmp_path / "whole")
+    assert sorted(uninterrupted) == list(range(3, 21, 3))
     assert train_losses(tmp_path / "r") == uninterrupted, "resumed == uninterrupted (2 ranks)"
     # the checkpoint of 2 ranks, consolidated, evaluated in one process: the NLL the 2-rank job reported
     out = launch([aef_hpc_exe(), "export", str(tmp_path / "r")]).stdout
@@ -154,10 +157,18 @@ def test_a_resume_on_another_process_count_or_engine_is_one_line(runs):
         [aef_hpc_exe(), "train", "--resume", str(two_rank_run(runs, "zero3")), "train.steps=30", "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2 and "written by engine=deepspeed on 2 process(es)" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "written by engine=deepspeed (ZeRO stage 3) on 2 process(es)" in proc.stderr, proc.stderr
     proc = subprocess.run(
         ["bash", "launchers/local.sh", *COMMON, "engine=single", f"run.out_dir={runs}", "run.name=never"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "NPROC": "2"},
     )  # fmt: skip
     assert proc.returncode != 0 and "engine=single trains in one" in proc.stderr
     assert not (runs / "never").exists()
+    # an error on rank 0 alone (its run folder exists) stops every rank with the same line, none hangs
+    proc = subprocess.run(
+        ["bash", "launchers/local.sh", *COMMON, *ENGINES["ddp"], f"run.out_dir={runs}", "run.name=zero3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "NPROC": "2"},
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("aef-hpc: error:")]
+    assert proc.returncode != 0 and len(lines) == 2 and "exists: continue it with" in lines[0], proc.stderr[-2000:]
+    assert "distributed_c10d.py" not in proc.stderr, "no rank died inside a collective"

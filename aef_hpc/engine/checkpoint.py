@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .discovery import barrier, world_info
+from .discovery import on_every_rank, on_rank0
 
 FORMAT = "aef_hpc-checkpoint"
 VERSION = 1
@@ -105,28 +105,29 @@ def save_checkpoint(
     keep_last: int,
     best: bool = False,
     root: Path | None = None,
-) -> Checkpoint | None:
+) -> Checkpoint:
     """Write a checkpoint of ``step`` with ``write(folder)`` into ``run_dir/checkpoints`` (or ``root``), commit
     it, move the pointers, prune old ones.
 
     Collective when a process group is joined: rank 0 prepares the temporary folder (on a file system every rank
-    sees), every rank's ``write`` adds its share (a ZeRO shard; rank-local RNG states), and rank 0 alone commits.
-    Returns the checkpoint on rank 0, ``None`` elsewhere."""
-    rank, _ = world_info()
+    sees), every rank's ``write`` adds its share (a ZeRO shard; rank-local RNG states), and rank 0 alone commits;
+    a failure anywhere is raised on every rank (none is left waiting)."""
     root = Path(root) if root is not None else Path(run_dir) / "checkpoints"
     name = step_name(step)
     tmp = root / f".{name}.tmp"
-    if rank == 0:
+
+    def prepare() -> None:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-    barrier()
-    write(tmp)
-    barrier()
-    if rank != 0:
-        barrier()  # rank 0 commits
-        return None
+
+    on_rank0(prepare)
+    on_every_rank(lambda: write(tmp), f"writing {tmp}")
+    return on_rank0(lambda: _commit(root, name, tmp, step, meta, keep_last, best))
+
+
+def _commit(root: Path, name: str, tmp: Path, step: int, meta: dict, keep_last: int, best: bool) -> Checkpoint:
     files = {}
     for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
         _fsync(file)
@@ -152,7 +153,6 @@ def save_checkpoint(
     if best:
         write_atomic(root / "best", name + "\n")
     _prune(root, keep_last)
-    barrier()
     return Checkpoint(final, meta)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .discovery import barrier, world_info
+from .discovery import world_info
 from .single import SingleEngine
 
 
@@ -40,4 +40,3 @@ class DDPEngine(SingleEngine):
         """Every rank holds the same weights and optimizer state: rank 0 writes them."""
         if world_info()[0] == 0:
             super().save(folder)
-        barrier()

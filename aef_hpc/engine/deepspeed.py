@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from ..errors import CheckpointError, ConfigError
@@ -140,7 +141,8 @@ class DeepSpeedEngine:
         return self.engine(x)
 
     def eval_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine(x).float()
+        """Validation in float32, outside DeepSpeed's autocast (ZeRO-3's gathering hooks sit on the module)."""
+        return self.engine.module(x).float()
 
     def backward_and_step(self, loss: torch.Tensor) -> StepResult | None:
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -158,8 +160,11 @@ class DeepSpeedEngine:
             norm = self.engine.get_global_grad_norm()
         norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32).detach().cpu()
         loss, self._loss_sum = self._loss_sum / self.accumulate, None
-        stepped = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss))
-        return StepResult(stepped, loss, norm, lr)
+        ok = torch.tensor([int(bool(torch.isfinite(norm)) and bool(torch.isfinite(loss)))])
+        if dist.get_backend() == "nccl":
+            ok = ok.cuda()
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank counts the same steps as skipped
+        return StepResult(bool(ok.item()), loss, norm, lr)
 
     def unwrap(self) -> torch.nn.Module:
         return self.engine.module

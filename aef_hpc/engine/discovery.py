@@ -62,12 +62,23 @@ def _expand_one(name: str, spec: str) -> list[str]:
         return [name]
     head, tail, values = name[: match.start()], name[match.end() :], []
     for part in match.group(1).split(","):
-        low, _, high = part.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            raise DistributedError(f"SLURM node list {spec!r}: {part!r} is not a number or a range a-b")
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
+            raise DistributedError(f"SLURM node list {spec!r}: {part!r} is not a number or a range a-b with a <= b")
         width = len(low)
         values += [str(v).zfill(width) for v in range(int(low), int(high or low) + 1)]
     return [host for v in values for host in _expand_one(head + v + tail, spec)]
+
+
+def tasks_on_node(spec: str, node: int) -> int:
+    """The count of node ``node`` in SLURM's tasks-per-node list, e.g. ``2(x3),1`` -> 2, 2, 2, 1."""
+    counts = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if match is None:
+            raise DistributedError(f"SLURM tasks per node {spec!r}: {part!r} is not N or N(xM)")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[min(node, len(counts) - 1)]
 
 
 def _int(env: Mapping[str, str], key: str) -> int:
@@ -112,24 +123,25 @@ def discover(env: Mapping[str, str] | None = None) -> ProcessInfo:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
         job = _int(env, "SLURM_JOB_ID") if "SLURM_JOB_ID" in env else 0
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1"
+        node = _int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0
         return ProcessInfo(
             rank=_int(env, "SLURM_PROCID"),
             world_size=_int(env, "SLURM_NTASKS"),
             local_rank=_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
-            local_world_size=int(per_node.split("(")[0].split(",")[0]),
+            local_world_size=tasks_on_node(per_node, node),
             master_addr=env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
             master_port=_port(env, 15000 + job % 20000),  # one port per job: two jobs on a node do not collide
             source="slurm",
         )
     if mpi is not None:
         rank, size, local = mpi
-        addr, port = _mpi_rendezvous(env)
+        addr, port = _mpi_rendezvous(env, rank, size)
         return ProcessInfo(rank, size, local, _int(env, "MPI_LOCALNRANKS") if "MPI_LOCALNRANKS" in env else 1,
                            addr, port, "mpi")  # fmt: skip
     return ProcessInfo()
 
 
-def _mpi_rendezvous(env: Mapping[str, str]) -> tuple[str, int]:
+def _mpi_rendezvous(env: Mapping[str, str], rank: int, size: int) -> tuple[str, int]:
     """Rank 0's address and a free port of it, broadcast through mpi4py (MPI itself names no rendezvous)."""
     if "MASTER_ADDR" in env and "MASTER_PORT" in env:
         return env["MASTER_ADDR"], _int(env, "MASTER_PORT")
@@ -141,8 +153,21 @@ def _mpi_rendezvous(env: Mapping[str, str]) -> tuple[str, int]:
             "(PyPI mpich) or set MASTER_ADDR and MASTER_PORT"
         ) from None
     comm = MPI.COMM_WORLD
-    found = (env.get("MASTER_ADDR") or _own_address(), _free_port()) if comm.Get_rank() == 0 else None
-    return comm.bcast(found, root=0)
+    if (comm.Get_rank(), comm.Get_size()) != (rank, size):
+        raise DistributedError(
+            f"mpiexec says rank {rank} of {size} but mpi4py's MPI says {comm.Get_rank()} of {comm.Get_size()}: "
+            "mpi4py is linked to another MPI than the mpiexec used; use the venv's mpiexec (PyPI mpich) or set "
+            "MASTER_ADDR and MASTER_PORT"
+        )
+    found = (env.get("MASTER_ADDR") or _own_address(), _free_port()) if rank == 0 else None
+    addr, port = comm.bcast(found, root=0)
+    hosts = set(comm.allgather(socket.gethostname()))
+    if len(hosts) > 1 and addr.startswith("127."):
+        raise DistributedError(
+            f"rank 0's host name resolves to {addr}, a loopback address, but the ranks run on {len(hosts)} hosts: "
+            "set MASTER_ADDR to rank 0's network address"
+        )
+    return addr, port
 
 
 def _free_port() -> int:
@@ -170,7 +195,7 @@ def check_devices(info: ProcessInfo, device: torch.device, env: Mapping[str, str
         return
     env = os.environ if env is None else env
     count = torch.cuda.device_count()
-    if info.local_rank >= count:
+    if info.local_rank >= count > 1:
         raise DistributedError(
             f"local rank {info.local_rank} has no GPU: this node shows {count} (CUDA_VISIBLE_DEVICES="
             f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')}); start at most {count} processes per node"
@@ -186,13 +211,14 @@ def init_distributed(info: ProcessInfo, device: torch.device, force: bool = Fals
     """Join the process group of ``info`` (one process: only when ``force``, a group of one for the DDP and
     DeepSpeed engines); returns this rank's device (``cuda:local_rank`` on GPUs, made current first)."""
     check_devices(info, device)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda":  # one GPU per process when SLURM binds each task to its own (--gpus-per-task=1)
+        device = torch.device("cuda", info.local_rank if torch.cuda.device_count() > 1 else 0)
         torch.cuda.set_device(device)
     if not (info.distributed or force) or dist.is_initialized():
         return device
-    if not info.distributed and "MASTER_PORT" not in os.environ:
-        info = ProcessInfo(master_port=_free_port())
+    if not info.distributed:  # a group of one: the environment's rendezvous, else a free local port
+        env = os.environ
+        info = ProcessInfo(master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=_port(env, _free_port()))
     os.environ.update(  # what DeepSpeed and torch's env:// read
         RANK=str(info.rank),
         WORLD_SIZE=str(info.world_size),
@@ -227,3 +253,42 @@ def barrier() -> None:
     """Wait for every rank (nothing for one process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def on_rank0(fn):
+    """``fn()`` on rank 0, its result shared with every rank; an exception it raises is raised on every rank, so
+    no rank waits in a collective for a rank 0 that failed."""
+    rank, world = world_info()
+    outcome = (None, None)
+    if rank == 0:
+        try:
+            outcome = (fn(), None)
+        except Exception as exc:  # noqa: BLE001  re-raised below, on every rank
+            outcome = (None, exc)
+    if world > 1:
+        box = [outcome]
+        dist.broadcast_object_list(box, src=0)
+        outcome = box[0]
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
+def on_every_rank(fn, what: str) -> None:
+    """``fn()`` on every rank; when it fails on any, every rank raises (the failed one its own error)."""
+    error = None
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    rank, world = world_info()
+    if world > 1:
+        failed = torch.tensor([0 if error is None else rank + 1])
+        if dist.get_backend() == "nccl":
+            failed = failed.cuda()
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        first = int(failed.item()) - 1
+        if error is None and first >= 0:
+            raise DistributedError(f"{what} failed on rank {first} (its own message is in that rank's output)")
+    if error is not None:
+        raise error

@@ -1,5 +1,5 @@
-"""What the training loop agrees on across ranks (all no-ops in one process): the run folder, the ActNorm
-initialisation batch, logged means and stop requests."""
+"""What the training loop agrees on across ranks (all no-ops in one process): the ActNorm initialisation batch,
+logged means and sums, and stop requests."""
 
 from pathlib import Path
 
@@ -16,15 +16,6 @@ def _joined() -> bool:
 
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def share(value, source: int = 0):
-    """``value`` of rank ``source`` on every rank (any picklable object)."""
-    if not _joined():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=source)
-    return box[0]
 
 
 def initialize_collectively(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -46,6 +37,15 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     reduced = value.detach().to(_device(), torch.float64).reshape(1)
     dist.all_reduce(reduced)
     return (reduced / dist.get_world_size()).to(value.device).reshape(())
+
+
+def world_sum(value: float) -> float:
+    """The sum of a number over ranks."""
+    if not _joined():
+        return value
+    reduced = torch.tensor([float(value)], dtype=torch.float64, device=_device())
+    dist.all_reduce(reduced)
+    return reduced.item()
 
 
 def any_rank(flag: bool) -> bool:

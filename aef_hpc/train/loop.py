@@ -25,7 +25,7 @@ from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkp
 from ..engine.checkpoint import load_file, point_best, step_name, write_atomic
 from ..engine.ddp import DDPEngine
 from ..engine.deepspeed import DeepSpeedEngine, deepspeed_config, model_scope
-from ..engine.discovery import barrier, discover, init_distributed, leave_distributed
+from ..engine.discovery import barrier, discover, init_distributed, leave_distributed, on_rank0
 from ..errors import AEFError, CheckpointError, ConfigError, DataError
 from ..evaluate import (
     check_fid_weights,
@@ -41,7 +41,7 @@ from ..kernels import check_available, use_kernels
 from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
 from ..signals import CheckpointRequest, sigterm_as_interrupt
-from .collective import any_rank, initialize_collectively, mean_over_ranks, rank_file, share
+from .collective import any_rank, initialize_collectively, mean_over_ranks, rank_file, world_sum
 from .ema import EMA
 from .progress import Progress
 from .run_dir import MetricsLog, SilentLog, lock_run, new_run_dir, read_metrics, write_env
@@ -143,19 +143,22 @@ def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) 
         return _train(cfg, progress, resume, request)
 
 
-def _check_world(cfg: Config, info, resume: Checkpoint | None) -> None:
+def _check_world(cfg: Config, info, resume: Checkpoint | None, ds_config: dict | None) -> None:
     if info.distributed and cfg.engine == "single":
         raise ConfigError(
             f"{info.world_size} processes were started ({info.source}) but engine=single trains in one: set "
             "engine=ddp or engine=deepspeed, or start one process"
         )
     if resume is not None:
-        saved = (resume.meta.get("engine", "single"), resume.meta.get("world_size", 1))
-        if saved != (cfg.engine, info.world_size):
+        stage = None if ds_config is None else ds_config["zero_optimization"].get("stage", 0)
+        saved = (resume.meta.get("engine", "single"), resume.meta.get("world_size", 1), resume.meta.get("zero_stage"))
+        if saved != (cfg.engine, info.world_size, stage):
+            zero = lambda s: "" if s is None else f" (ZeRO stage {s})"  # noqa: E731
             raise CheckpointError(
-                f"--resume {resume.run_dir}: its checkpoints were written by engine={saved[0]} on {saved[1]} "
-                f"process(es), this job is engine={cfg.engine} on {info.world_size}: resume with the same engine "
-                "and process count, or start a new run from `aef-hpc export`"
+                f"--resume {resume.run_dir}: its checkpoints were written by engine={saved[0]}{zero(saved[2])} on "
+                f"{saved[1]} process(es), this job is engine={cfg.engine}{zero(stage)} on {info.world_size}: resume "
+                "with the same engine, stage and process count (`aef-hpc export` makes any checkpoint one file "
+                "that eval and sample open)"
             )
 
 
@@ -172,8 +175,8 @@ def _build_engine(cfg: Config, model, ds_config):
 def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> RunResult | None:
     # -- everything that can be wrong with the input fails here, before a file is written ----------------------
     info = discover()
-    _check_world(cfg, info, resume)
     ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
+    _check_world(cfg, info, resume, ds_config)
     device = resolve_device(cfg.train.device)
     check_available(cfg.kernels, device)
     check_fid_weights(cfg.eval.fid_weights)
@@ -183,8 +186,9 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> R
         check_same_data(resume, data)
     dropped = data.verify()  # every shard's size and checksum, before anything is written or trained
     device = init_distributed(info, device, force=cfg.engine != "single")
+    lock = {}  # rank 0's hold on the run folder, until its final test is written
     try:
-        result = _train_ranks(cfg, progress, resume, info, ds_config, device, data, dropped, request)
+        result = _train_ranks(cfg, progress, resume, info, ds_config, device, data, dropped, request, lock)
         barrier()
     finally:
         leave_distributed()
@@ -196,9 +200,11 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> R
         raise Interrupted(
             f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {result[0]}`"
         ) from None
+    finally:
+        lock.clear()
 
 
-def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped, request):
+def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped, request, lock):
     d, t = cfg.data, cfg.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     with model_scope(ds_config):
@@ -216,25 +222,33 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
 
     # -- a new run folder, or the state of the run being resumed ---------------------------------------------------
     main = info.rank == 0
-    if resume is None:
-        run_dir = share(new_run_dir(cfg) if main else None)
-    else:
-        run_dir = resume.run_dir
-    lock = lock_run(run_dir) if main else None  # noqa: F841  held until this function returns
+
+    def claim() -> Path:  # rank 0 (its errors are raised on every rank: none waits for it in a collective)
+        run_dir = new_run_dir(cfg) if resume is None else resume.run_dir
+        lock["run"] = lock_run(run_dir)
+        return run_dir
+
+    run_dir = on_rank0(claim)
     if resume is not None:
         engine.load(resume.path)
         state = _load_train_state(resume.path, ema, device)
         batches = training_batches(data, t.batch_size, state.epoch, state.batch_in_epoch)
-        if main:
+
+    def describe() -> None:
+        if resume is not None:
             point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
             print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
-    if main:
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
         write_env(run_dir, device, world_size=info.world_size, resumed_from=None if resume is None else state.step)
+
+    on_rank0(describe)
     log = MetricsLog(run_dir, None if resume is None else state.step) if main else SilentLog()
+    saved = {"step": None}
 
     def checkpoint(best: bool) -> None:
-        state.loss_sum, state.loss_count = running.item(), counted
+        # the mean over ranks: every rank restores the same partial sum, and the next logged mean stays exact
+        state.loss_sum, state.loss_count = mean_over_ranks(running).item(), counted
+        saved["step"] = state.step
 
         def write(folder: Path) -> None:
             engine.save(folder)
@@ -296,7 +310,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
                 log.log(step, "train", objective, value)
                 log.log(step, "train", "lr", result.lr)
                 log.log(step, "train", "epoch", epoch)
-                log.log(step, "train", "skipped_samples", state.skipped_samples)
+                log.log(step, "train", "skipped_samples", round(world_sum(state.skipped_samples)))
                 log.log(step, "train", "skipped_steps", state.skipped_steps)
                 shown = {objective: f"{value:.2f}"}
                 if objective in ("nll", "neg_elbo", "neg_iwae_bound"):
@@ -331,7 +345,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
                 log.flush()
                 checkpoint(best=False)
             if any_rank(request.pending()):  # every rank stops at the same step boundary
-                _stop_for_requeue(state, cfg, checkpoint, log, main)
+                _stop_for_requeue(state, cfg, checkpoint, log, main, saved["step"] == step)
             bar.step(step)
             if state.stopped_early:
                 break
@@ -356,6 +370,11 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
                 raise Interrupted(
                     f"interrupted at step {state.step}, before the first checkpoint: nothing kept"
                 ) from None
+            if isinstance(exc, Preempted):
+                raise Preempted(
+                    f"SIGUSR1 at step {state.step}, before the first checkpoint: nothing kept (a requeued job "
+                    "starts the run again)"
+                ) from None
             raise
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(
@@ -368,13 +387,15 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     return run_dir, cfg, data, state.best_step
 
 
-def _stop_for_requeue(state: TrainState, cfg: Config, checkpoint, log, main: bool) -> None:
+def _stop_for_requeue(state: TrainState, cfg: Config, checkpoint, log, main: bool, just_saved: bool) -> None:
     """Checkpoint now and, under SLURM, requeue the job (rank 0: ``scontrol requeue``; its rerun resumes from the
     checkpoint), at most ``run.max_requeues`` times; raises ``Preempted``."""
     job = os.environ.get("SLURM_JOB_ID")
     requeue = job is not None and state.requeues < cfg.run.max_requeues
     state.requeues += requeue
-    if not state.skips_in_row:  # inside a run of skipped steps the newest checkpoint stays the last good one
+    # inside a run of skipped steps the newest checkpoint stays the last good one; a checkpoint of this very step
+    # is written again only to record the requeue
+    if not state.skips_in_row and (requeue or not just_saved):
         log.flush()
         checkpoint(best=False)
     kept = f"checkpoint at step {state.step}" if not state.skips_in_row else "the last good checkpoint"
@@ -417,7 +438,8 @@ def _rng_state(device) -> dict:
 
 def _load_train_state(folder: Path, ema, device) -> TrainState:
     saved = load_file(folder / "train_state.pt", ("ema", "step"))
-    rng = load_file(rank_file(folder, "rng"), ("torch",))
+    own = rank_file(folder, "rng")  # checkpoints of one process before rank files kept it in train_state.pt
+    rng = load_file(own, ("torch",)) if own.exists() or "rng" not in saved else saved.pop("rng")
     ema_state = saved.pop("ema")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and device.type == "cuda":
