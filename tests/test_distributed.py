@@ -157,7 +157,8 @@ def test_a_resume_on_another_process_count_or_engine_is_one_line(runs):
         [aef_hpc_exe(), "train", "--resume", str(two_rank_run(runs, "zero3")), "train.steps=30", "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2 and "written by engine=deepspeed (ZeRO stage 3) on 2 process(es)" in proc.stderr, proc.stderr
+    written = "written by engine=deepspeed (ZeRO stage 3) on 2 process(es)"
+    assert proc.returncode == 2 and written in proc.stderr, proc.stderr
     proc = subprocess.run(
         ["bash", "launchers/local.sh", *COMMON, "engine=single", f"run.out_dir={runs}", "run.name=never"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "NPROC": "2"},
@@ -172,3 +173,16 @@ def test_a_resume_on_another_process_count_or_engine_is_one_line(runs):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("aef-hpc: error:")]
     assert proc.returncode != 0 and len(lines) == 2 and "exists: continue it with" in lines[0], proc.stderr[-2000:]
     assert "distributed_c10d.py" not in proc.stderr, "no rank died inside a collective"
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_gradient_accumulation_on_two_ranks_matches_one_process(tmp_path, engine):
+    """train.accumulate=2: DDP's no_sync micro-batches and DeepSpeed's own accumulation give one process's steps."""
+    args = [*COMMON, "train.accumulate=2", "train.steps=10", "train.val_every=5", f"run.out_dir={tmp_path}"]
+    launch([aef_hpc_exe(), "train", *args, "train.batch_size=16", "run.name=one"])
+    launch(["bash", "launchers/local.sh", *args, *ENGINES[engine], "train.batch_size=8", "run.name=two"], NPROC="2")
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(two) == list(range(1, 11))
+    worst = max(abs(two[s] - one[s]) / abs(one[s]) for s in one)
+    print(f"{engine}, accumulate=2: largest relative loss difference to one process {worst:.2e}")
+    assert worst < 1e-4
