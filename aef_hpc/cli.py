@@ -69,15 +69,25 @@ def _open_trained(path, overrides):
 
 
 def _eval(args) -> int:
+    from .engine.discovery import discover, init_distributed, leave_distributed
     from .evaluate import check_fid_weights, evaluate
+    from .evaluate.evaluation import check_world
     from .kernels import use_kernels
 
     trained, data = _open_trained(args.path, args.overrides)
     check_fid_weights(trained.cfg.eval.fid_weights)
-    with use_kernels(trained.cfg.kernels):
-        summary, folder = evaluate(trained, data)
-    print(f"checkpoint:     {trained.checkpoint.path}{' (EMA weights)' if trained.ema else ''}")
-    _print_summary(summary, folder)
+    info = discover()  # started by torchrun, mpiexec or srun: every rank evaluates its share of the shards
+    check_world(trained.cfg, info.world_size)
+    try:
+        trained.device = init_distributed(info, trained.device)
+        trained.model.to(trained.device)
+        with use_kernels(trained.cfg.kernels):
+            summary, folder = evaluate(trained, data)
+    finally:
+        leave_distributed()
+    if info.rank == 0:
+        print(f"checkpoint:     {trained.checkpoint.path}{' (EMA weights)' if trained.ema else ''}")
+        _print_summary(summary, folder)
     return 0
 
 

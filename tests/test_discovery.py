@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from aef_hpc.data import dequantize_keyed, keyed_uniform, sample_id
-from aef_hpc.data.dequantize import _GAMMA, _mix_int
 from aef_hpc.engine.discovery import ProcessInfo, check_devices, discover, expand_nodelist, tasks_on_node
 from aef_hpc.errors import DistributedError
+from aef_hpc.keyed import _GAMMA, _mix_int
 
 
 @pytest.mark.parametrize(

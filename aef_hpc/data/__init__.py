@@ -6,7 +6,8 @@ Training and evaluation see one interface, implemented by ``TensorSource`` (in m
 """
 
 from ..config import DataConfig
-from .dequantize import dequantize, dequantize_keyed, keyed_normal, keyed_uniform, sample_id
+from ..keyed import keyed_normal, keyed_uniform, sample_id
+from .dequantize import dequantize, dequantize_keyed
 from .digits import Splits, load_digits_images, load_embedded, split
 from .manifest import Manifest
 from .memory import TensorSource

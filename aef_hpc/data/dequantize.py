@@ -1,68 +1,13 @@
 """Uniform dequantization (method.md §1.1): ``x = (x_int + u) / levels``, ``u ~ U[0, 1)``.
 
-``u`` comes either from a seeded generator (``dequantize``), or, in training, from a counter-based hash of
-``(seed, epoch, sample id, pixel)`` (``keyed_uniform``, SplitMix64): every image gets the same noise whichever
-rank, worker or batch position it lands on, so N ranks train on exactly the samples one process would.
+``u`` comes either from a seeded generator (``dequantize``), or from noise keyed by the image (``dequantize_keyed``,
+see ``aef_hpc.keyed``): every image gets the same noise whichever rank, worker or batch position it lands on, so N
+ranks train and evaluate exactly what one process would.
 """
-
-import hashlib
-import math
 
 import torch
 
-_MASK = (1 << 64) - 1
-_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (the golden ratio)
-_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def _signed(value: int) -> int:
-    value &= _MASK
-    return value - (1 << 64) if value >> 63 else value
-
-
-def _mix_int(x: int) -> int:
-    """SplitMix64's finaliser on a Python int (mod 2^64): the scalar reference of ``_mix``."""
-    x &= _MASK
-    x = ((x ^ (x >> 30)) * _M1) & _MASK
-    x = ((x ^ (x >> 27)) * _M2) & _MASK
-    return x ^ (x >> 31)
-
-
-def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
-    return (x >> n) & ((1 << (64 - n)) - 1)
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors; multiplication wraps mod 2^64 as on the scalar path."""
-    x = (x ^ _shr(x, 30)) * _signed(_M1)
-    x = (x ^ _shr(x, 27)) * _signed(_M2)
-    return x ^ _shr(x, 31)
-
-
-def sample_id(key: str) -> int:
-    """A 63-bit id of a sample key (stable across processes and runs: not Python's salted ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def keyed_uniform(ids: torch.Tensor, shape, *seeds: int) -> torch.Tensor:
-    """``U[0, 1)`` of shape ``[len(ids), *shape]`` in the default dtype (like ``torch.rand``): entry ``(b, j)`` is a
-    hash of ``(seeds, ids[b], j)`` with 24 random bits (all that float32 holds in [0, 1))."""
-    state = 0
-    for seed in seeds:
-        state = _mix_int(state + _GAMMA + int(seed))
-    per_sample = math.prod(shape)
-    base = _mix(ids.to(torch.int64) ^ _signed(state))
-    counters = torch.arange(1, per_sample + 1, device=ids.device, dtype=torch.int64) * _signed(_GAMMA)
-    bits = _shr(_mix(base[:, None] + counters), 40)
-    return (bits.to(torch.get_default_dtype()) * 2.0**-24).reshape(len(ids), *shape)
-
-
-def keyed_normal(ids: torch.Tensor, shape, *seeds: int) -> torch.Tensor:
-    """``N(0, 1)`` from two ``keyed_uniform`` streams (Box-Muller)."""
-    u1 = keyed_uniform(ids, shape, *seeds, 1)
-    u2 = keyed_uniform(ids, shape, *seeds, 2)
-    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)
+from ..keyed import keyed_uniform
 
 
 def dequantize(images: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:

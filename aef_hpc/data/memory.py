@@ -48,9 +48,11 @@ class TensorSource:
         for chunk in mine.split(batch_size)[start:]:
             yield Batch(self.splits.train[chunk], chunk)
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
-        """``(keys, images)`` with keys ``"<split>-<position>"``, this rank's share in order."""
-        rank, world = world_info()
+    def eval_batches(
+        self, split: str, batch_size: int, whole: bool = False, collective: bool = True
+    ) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """``(keys, images)`` with keys ``"<split>-<position>"``, this rank's share in order (``whole``: all)."""
+        rank, world = (0, 1) if whole else world_info()
         positions = torch.arange(self.count(split))[rank::world]
         for chunk in positions.split(batch_size):
             yield [f"{split}-{int(i):05d}" for i in chunk], self._split(split)[chunk]

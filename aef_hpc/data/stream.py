@@ -34,8 +34,8 @@ from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from ..engine.discovery import world_info
 from ..errors import DataError
+from ..keyed import sample_id
 from .codec import DECLARED, CorruptSample, decode_sample
-from .dequantize import sample_id
 from .manifest import Manifest
 from .tar import tar_members
 
@@ -398,8 +398,13 @@ class ShardSource:
             hint = "" if self.on_bad_shard == "skip" else " (data.on_bad_shard=skip trains on without it)"
             raise DataError(f"{_one_line(exc)}{hint}") from None
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
-        world = world_info()
+    def eval_batches(
+        self, split: str, batch_size: int, whole: bool = False, collective: bool = True
+    ) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """This rank's share of ``split`` (every image once over all ranks); ``whole``: all of it, in this rank.
+        At the end the per-shard counts are summed over ranks and checked against the manifest; ``collective=False``
+        leaves that check to the caller (no collective a failing rank could leave the others waiting in)."""
+        world = (0, 1) if whole else world_info()
         shards = self.manifest.shards(split)
         counts = torch.zeros(len(shards), dtype=torch.int64)
         try:
@@ -408,7 +413,9 @@ class ShardSource:
                 yield keys, images
         except DataError as exc:
             raise DataError(_one_line(exc)) from None
-        if dist.is_available() and dist.is_initialized():
+        if not collective and world[1] > 1:
+            return
+        if not whole and dist.is_available() and dist.is_initialized():
             on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else counts.device
             reduced = counts.to(on)
             dist.all_reduce(reduced)

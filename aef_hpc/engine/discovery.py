@@ -274,11 +274,12 @@ def on_rank0(fn):
     return outcome[0]
 
 
-def on_every_rank(fn, what: str) -> None:
-    """``fn()`` on every rank; when it fails on any, every rank raises (the failed one its own error)."""
-    error = None
+def on_every_rank(fn, what: str):
+    """``fn()`` on every rank, returning its result; when it fails on any, every rank raises (the failed one its
+    own error, the others a ``DistributedError`` naming that rank)."""
+    error, result = None, None
     try:
-        fn()
+        result = fn()
     except Exception as exc:  # noqa: BLE001
         error = exc
     rank, world = world_info()
@@ -292,3 +293,4 @@ def on_every_rank(fn, what: str) -> None:
             raise DistributedError(f"{what} failed on rank {first} (its own message is in that rank's output)")
     if error is not None:
         raise error
+    return result

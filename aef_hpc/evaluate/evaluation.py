@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ..data import dequantize
 from ..engine.checkpoint import write_atomic
-from ..errors import ConfigError
+from ..engine.discovery import on_every_rank, on_rank0, world_info
+from ..errors import ConfigError, DataError
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
-from .likelihood import first_images, limited, per_image_nll
+from .likelihood import PerImage, first_images, limited, per_image_nll
 from .restore import Trained
 
 
@@ -53,7 +55,7 @@ def proposal_std(trained: Trained, data) -> dict | None:
         gen = torch.Generator().manual_seed(e.seed)
         val = [
             dequantize(images, data.levels, gen).to(trained.device)
-            for _, images in limited(data.eval_batches("val", e.batch_size), e.proposal_images)
+            for _, images in limited(data.eval_batches("val", e.batch_size, whole=True), e.proposal_images)
         ]
         best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
         stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
@@ -66,16 +68,68 @@ def _standard_error(values: torch.Tensor) -> float:
     return values.std().item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
 
 
+def check_world(cfg, world: int) -> None:
+    """What N ranks cannot do (yet): a prefix of the split (``eval.limit``) or the image metrics (FID, denoising),
+    which read the first images of one stream."""
+    if world > 1 and cfg.eval.limit is not None:
+        raise ConfigError(
+            f"eval.limit={cfg.eval.limit} takes the first images of one process: unset it on {world} ranks"
+        )
+    if world > 1 and (cfg.eval.fid_weights or cfg.data.noise_std > 0):
+        raise ConfigError(
+            f"FID and the denoising metrics run in one process: evaluate on one rank (this job has {world}), or "
+            "unset eval.fid_weights and data.noise_std"
+        )
+
+
+def _gather(result: PerImage, expected: int | None, split: str) -> PerImage:
+    """Every rank's images on every rank (rank order); each key exactly once, ``expected`` of them when given."""
+    rank, world = world_info()
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (result.keys, result.nll, result.ess))
+        ess = [p[2] for p in parts]
+        result = PerImage(
+            [k for p in parts for k in p[0]],
+            torch.cat([p[1] for p in parts]),
+            None if ess[0] is None else torch.cat(ess),
+        )
+    if len(set(result.keys)) != len(result.keys):
+        seen, twice = set(), None
+        for key in result.keys:
+            twice = key if key in seen else twice
+            seen.add(key)
+        raise DataError(f"{split} split: image {twice} was evaluated twice (keys must be unique across shards)")
+    if expected is not None and len(result.keys) != expected:
+        raise DataError(f"{split} split: {len(result.keys)} images were evaluated but the data holds {expected}")
+    return result
+
+
 def evaluate(trained: Trained, data) -> tuple[dict, Path]:
-    """Evaluate ``trained`` on ``eval.split`` of ``data``; write records and summary; return ``(summary, folder)``."""
+    """Evaluate ``trained`` on ``eval.split`` of ``data`` on every rank of the job (each its share of the shards);
+    rank 0 writes the records and summary; returns ``(summary, folder)`` on every rank. Per-image numbers do not
+    depend on the number of ranks (noise keyed by ``(eval.seed, image key)``)."""
     cfg, model, device = trained.cfg, trained.model, trained.device
     e = cfg.eval
     check_fid_weights(e.fid_weights)
+    _, world = world_info()
+    check_world(cfg, world)
     started = time.monotonic()
-    proposal = proposal_std(trained, data)
-    gen = torch.Generator().manual_seed(e.seed)
-    batches = limited(data.eval_batches(e.split, e.batch_size), e.limit)
-    result = per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, gen, device)
+    proposal = on_rank0(lambda: proposal_std(trained, data))  # one search, one writer of proposal.json
+    if proposal is not None:
+        model.proposal_std.fill_(proposal["proposal_std"])
+    batches = limited(data.eval_batches(e.split, e.batch_size, collective=False), e.limit)
+    result = on_every_rank(  # a rank that fails (a corrupt shard) stops every rank, nothing is written
+        lambda: per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device),
+        f"evaluating the {e.split} split",
+    )
+    result = _gather(result, None if e.limit is not None else data.count(e.split), e.split)
+    return on_rank0(lambda: _write(trained, data, result, proposal, started))
+
+
+def _write(trained: Trained, data, result: PerImage, proposal: dict | None, started: float) -> tuple[dict, Path]:
+    cfg, model = trained.cfg, trained.model
+    e = cfg.eval
     bpd = bits_per_dim(result.nll, model.num_dims, data.levels)
     summary = {
         "checkpoint": str(trained.checkpoint.path),
@@ -91,6 +145,7 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
         "levels": data.levels,
         "ema_weights": trained.ema,
         "seed": e.seed,
+        "world_size": world_info()[1],
     }
     if not model.exact_likelihood:
         summary.update(

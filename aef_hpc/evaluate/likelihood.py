@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..data import dequantize, dequantize_keyed, sample_id
+from ..data import dequantize_keyed, sample_id
+from ..keyed import KeyedNoise
 from ..models.base import effective_sample_size, log_mean_exp
 
 
@@ -39,22 +40,26 @@ def per_image_nll(
     num_samples: int,
     repeats: int,
     chunk_size: int,
-    generator: torch.Generator,
+    seed: int,
     device,
 ) -> PerImage:
     """Exact ``-log p(x)`` (partition AEFs) or the mean of ``repeats`` importance-sampling estimates
-    ``-log mean_k w_k`` of ``K = num_samples`` draws (the paper's 20 x 128), ``chunk_size`` draws at a time."""
+    ``-log mean_k w_k`` of ``K = num_samples`` draws (the paper's 20 x 128), ``chunk_size`` draws at a time.
+    An image's dequantization noise and proposal draws are keyed by ``(seed, its key)``: its NLL does not depend on
+    the batch, worker or rank that evaluates it."""
     model.eval()
     keys, nll, ess = [], [], []
     for batch_keys, images in batches:
         keys += batch_keys
-        x = dequantize(images, levels, generator).to(device)
+        ids = torch.tensor([sample_id(k) for k in batch_keys], device=device)
+        x = dequantize_keyed(images.to(device), levels, ids, seed)
         if model.exact_likelihood:
             nll.append(-model.log_prob(x).double().cpu())
             continue
         estimates, sizes = [], []
-        for _ in range(repeats):
-            log_w = model.log_importance_weights(x, num_samples, chunk_size, generator).double()
+        for repeat in range(repeats):
+            noise = KeyedNoise(ids, seed, 1, repeat)
+            log_w = model.log_importance_weights(x, num_samples, chunk_size, noise).double()
             estimates.append(log_mean_exp(log_w))
             sizes.append(effective_sample_size(log_w))
         nll.append(-torch.stack(estimates).mean(0).cpu())

@@ -15,6 +15,7 @@ from torch import nn
 from .. import kernels
 from ..errors import DataError, ModelError
 from ..flows import ActNorm, Bijection, Composite, LogitPreprocess
+from ..keyed import KeyedNoise
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -50,15 +51,18 @@ def importance_log_weights(
     noise_shape: tuple[int, ...],
     num_samples: int,
     chunk_size: int,
-    generator: torch.Generator | None,
+    generator: torch.Generator | KeyedNoise | None,
     like: torch.Tensor,
 ) -> torch.Tensor:
     """``[K, B]`` log-weights ``log p(x, w_k) - log q(w_k | x)`` from ``log_weights(noise[k, B, ...]) -> [k, B]``,
     ``chunk_size`` draws at a time. All ``K`` noise draws are made first, so nothing depends on ``chunk_size``."""
     check_count("num_samples", num_samples)
     check_count("chunk_size", chunk_size)
-    device = generator.device if generator is not None else like.device
-    noise = torch.randn(num_samples, *noise_shape, generator=generator, device=device).to(like)
+    if isinstance(generator, KeyedNoise):  # each image's draws keyed by its id: independent of its batch
+        noise = generator.normal(num_samples, noise_shape[1:]).to(like)
+    else:
+        device = generator.device if generator is not None else like.device
+        noise = torch.randn(num_samples, *noise_shape, generator=generator, device=device).to(like)
     return torch.cat([log_weights(noise[i : i + chunk_size]) for i in range(0, num_samples, chunk_size)])
 
 

@@ -1,0 +1,87 @@
+"""``aef-hpc eval`` on 1, 2 and 3 real ranks (torchrun, gloo) × 2 loader workers over real tar shards: every test
+image exactly once, and the same per-image NLL whatever the number of ranks (noise keyed by eval.seed and key)."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import aef_hpc_exe
+from tests.shard_helpers import digits_shards
+from tests.test_distributed import ROOT, VENV_BIN
+
+EVAL = ["data.num_workers=2", "eval.num_samples=8", "eval.repeats=2", "eval.chunk_size=3", "eval.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """aef-linear (importance-sampled) trained 4 steps on digits shards of 60 images (the test split: 6 shards)."""
+    root = tmp_path_factory.mktemp("evalranks")
+    digits_shards(root / "shards", samples_per_shard=60)
+    args = ["model.name=aef-linear", "model.latent_dim=4", "train.steps=4", "train.val_every=4", "train.batch_size=32",
+            f"data.path={root / 'shards'}", "eval.grid_samples=4", "eval.proposal_images=64",
+            "eval.proposal_num_samples=4", *EVAL, f"run.out_dir={root}", "run.name=r", "--no-progress"]  # fmt: skip
+    proc = subprocess.run([aef_hpc_exe(), "train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "r"
+
+
+def _evaluate(run, ranks: int) -> tuple[dict[str, float], dict]:
+    if ranks == 1:
+        command = [aef_hpc_exe(), "eval", str(run), *EVAL]
+    else:
+        command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", str(ranks), "-m", "aef_hpc.cli",
+                   "eval", str(run), *EVAL]  # fmt: skip
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = next((run / "eval").glob("*-test"))
+    with open(folder / "records.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    nll = {r["key"]: float(r["nll_nats"]) for r in rows}
+    assert len(nll) == len(rows), "every key once"
+    return nll, json.loads((folder / "summary.json").read_text())
+
+
+def test_two_and_three_ranks_give_one_rank_s_numbers(trained):
+    one, summary = _evaluate(trained, 1)
+    manifest = json.loads((trained.parent / "shards" / "manifest.json").read_text())
+    assert len(one) == summary["count"] == sum(s["count"] for s in manifest["splits"]["test"])
+    for ranks in (2, 3):
+        many, summary_many = _evaluate(trained, ranks)
+        assert set(many) == set(one) and summary_many["world_size"] == ranks
+        worst = max(abs(many[k] - one[k]) / abs(one[k]) for k in one)
+        print(f"{ranks} ranks x 2 workers: {len(many)} images, largest relative NLL difference {worst:.1e}")
+        assert worst < 1e-5
+        assert summary_many["nll_nats"] == pytest.approx(summary["nll_nats"], rel=1e-6)
+        assert summary_many["proposal_std"] == summary["proposal_std"]
+
+
+def test_ranks_refuse_what_only_one_process_can_do(trained):
+    proc = subprocess.run(
+        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
+         str(trained), *EVAL, "eval.limit=10"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "eval.limit=10 takes the first images of one process" in proc.stderr
+
+
+def test_a_corrupt_test_shard_on_one_rank_stops_every_rank_and_merges_nothing(trained, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(trained.parent / "shards", shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    victim = manifest["splits"]["test"][1]["name"]
+    data = (shards / victim).read_bytes()
+    (shards / victim).write_bytes(data[: len(data) // 2])  # truncated mid-sample
+    proc = subprocess.run(
+        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
+         str(trained), *EVAL, f"data.path={shards}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("aef-hpc: error:")]
+    assert proc.returncode != 0 and errors and any(victim in line for line in errors), proc.stderr[-2000:]
+    tagged = [p for p in (trained / "eval").glob("*-test-data-*")]
+    assert not [p for p in tagged if (p / "records.csv").exists()], "nothing merged"
