@@ -2,6 +2,7 @@
 launcher: every engine trains the same losses as one process with the same global batch; ranks hold identical
 parameters; ZeRO-3 partitions them; a 2-rank checkpoint resumes on 2 ranks and exports to one process."""
 
+import csv
 import json
 import math
 import os
@@ -144,6 +145,13 @@ def test_two_rank_zero3_resumes_on_two_and_exports_to_one(tmp_path, float32_defa
     ours = json.loads(next((tmp_path / "r" / "eval").glob("*-test/summary.json")).read_text())
     theirs = json.loads(next((exported.parent / "eval").glob("*-test/summary.json")).read_text())
     assert theirs["nll_nats"] == ours["nll_nats"] and f"{ours['nll_nats']:.3f}" in shown
+    # the ZeRO-3 run evaluated on 2 ranks without an export == the export evaluated in one process, image by image
+    launch([aef_hpc_exe(), "eval", str(exported), "train.device=cpu", "eval.limit=null"])
+    launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
+            str(tmp_path / "r"), "train.device=cpu", "eval.limit=null"])  # fmt: skip
+    records = [next(p.glob("*-test/records.csv")) for p in (tmp_path / "r" / "eval", exported.parent / "eval")]
+    zero3, single = ({r["key"]: float(r["nll_nats"]) for r in csv.DictReader(open(f, newline=""))} for f in records)
+    assert set(zero3) == set(single) and max(abs(zero3[k] - single[k]) / abs(single[k]) for k in single) < 1e-5
     # and the validation NLL computed through the ZeRO-3 engine on 2 ranks == the exported model's
     trained = restore(exported)
     data = open_data(trained.cfg.data)

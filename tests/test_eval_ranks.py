@@ -5,8 +5,11 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 
+import psutil
 import pytest
 
 from tests.helpers import aef_hpc_exe
@@ -85,3 +88,34 @@ def test_a_corrupt_test_shard_on_one_rank_stops_every_rank_and_merges_nothing(tr
     assert proc.returncode != 0 and errors and any(victim in line for line in errors), proc.stderr[-2000:]
     tagged = [p for p in (trained / "eval").glob("*-test-data-*")]
     assert not [p for p in tagged if (p / "records.csv").exists()], "nothing merged"
+
+
+def test_an_evaluation_killed_on_one_rank_resumes_from_its_finished_shards(trained):
+    one, _ = _evaluate(trained, 1)
+    folder = next((trained / "eval").glob("*-test"))
+    command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
+               str(trained), *EVAL, "eval.batch_size=4"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while not list((folder / "shards").glob("*.csv")) and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.01)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "aef_hpc.cli" in " ".join(p.cmdline())]
+    workers[-1].send_signal(signal.SIGKILL)  # one rank dies mid-evaluation; torchrun stops the other
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    finished = sorted((folder / "shards").glob("*.csv"))
+    assert 0 < len(finished) < 6, "killed while shards were in flight"
+    # mark one finished shard: a resumed evaluation must take its records as they are, not evaluate it again
+    marked = finished[0]
+    with open(marked, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(marked, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["key", "nll_nats", "ess"])
+        writer.writeheader()
+        writer.writerows({**r, "nll_nats": "12345.0"} for r in rows)
+    resumed, _ = _evaluate(trained, 2)
+    assert set(resumed) == set(one) and len(resumed) == len(one)
+    assert {k for k, v in resumed.items() if v == 12345.0} == {r["key"] for r in rows}, "finished shards skipped"
+    others = [k for k in one if k not in {r["key"] for r in rows}]
+    assert max(abs(resumed[k] - one[k]) / abs(one[k]) for k in others) < 1e-5
+    assert not (folder / "shards").exists(), "merged: the per-shard records are gone"

@@ -8,6 +8,9 @@ from ..engine.discovery import world_info
 from .digits import Splits
 from .stream import Batch
 
+#: images per pseudo-shard of in-memory data (the unit of evaluation records)
+SHARD = 100
+
 
 class TensorSource:
     """Train/val/test uint8 tensors; training batches are a permutation seeded by ``(seed, epoch)``, dealt to ranks."""
@@ -48,11 +51,33 @@ class TensorSource:
         for chunk in mine.split(batch_size)[start:]:
             yield Batch(self.splits.train[chunk], chunk)
 
-    def eval_batches(
-        self, split: str, batch_size: int, whole: bool = False, collective: bool = True
-    ) -> Iterator[tuple[list[str], torch.Tensor]]:
-        """``(keys, images)`` with keys ``"<split>-<position>"``, this rank's share in order (``whole``: all)."""
+    def shard_counts(self, split: str) -> dict[str, int]:
+        """Pseudo-shards of ``SHARD`` images (``<split>-NNNN``), the unit of evaluation records."""
+        n = self.count(split)
+        return {f"{split}-{i:04d}": min(SHARD, n - start) for i, start in enumerate(range(0, n, SHARD))}
+
+    def eval_stream(
+        self, split: str, batch_size: int, skip=frozenset(), whole: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+        """``(keys, images, shard names)`` of this rank's share (``whole``: all) of the pseudo-shards not in
+        ``skip``; keys ``"<split>-<position>"``."""
         rank, world = (0, 1) if whole else world_info()
-        positions = torch.arange(self.count(split))[rank::world]
+        kept = [i for i, name in enumerate(self.shard_counts(split)) if name not in skip]
+        n = self.count(split)
+        mine = kept[rank::world]  # whole pseudo-shards to ranks, like shard files
+        if not mine:
+            return
+        positions = torch.cat([torch.arange(i * SHARD, min((i + 1) * SHARD, n)) for i in mine])
         for chunk in positions.split(batch_size):
-            yield [f"{split}-{int(i):05d}" for i in chunk], self._split(split)[chunk]
+            yield (
+                [f"{split}-{int(i):05d}" for i in chunk],
+                self._split(split)[chunk],
+                [f"{split}-{int(i) // SHARD:04d}" for i in chunk],
+            )
+
+    def eval_batches(
+        self, split: str, batch_size: int, whole: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """``(keys, images)``: this rank's share of ``split`` in order (``whole``: all of it)."""
+        for keys, images, _ in self.eval_stream(split, batch_size, whole=whole):
+            yield keys, images

@@ -366,8 +366,8 @@ class ShardSource:
     def count(self, split: str) -> int:
         return self.manifest.count(split)
 
-    def _loader(self, split, batch_size, train, epoch=0, world=(0, 1), start=0):
-        shards = self.manifest.shards(split)
+    def _loader(self, split, batch_size, train, epoch=0, world=(0, 1), start=0, skip=frozenset()):
+        shards = [s for s in self.manifest.shards(split) if s.name not in skip]
         reader = ShardReader(
             [self.url_of[s.name] for s in shards],
             shards,
@@ -398,29 +398,42 @@ class ShardSource:
             hint = "" if self.on_bad_shard == "skip" else " (data.on_bad_shard=skip trains on without it)"
             raise DataError(f"{_one_line(exc)}{hint}") from None
 
-    def eval_batches(
-        self, split: str, batch_size: int, whole: bool = False, collective: bool = True
-    ) -> Iterator[tuple[list[str], torch.Tensor]]:
-        """This rank's share of ``split`` (every image once over all ranks); ``whole``: all of it, in this rank.
-        At the end the per-shard counts are summed over ranks and checked against the manifest; ``collective=False``
-        leaves that check to the caller (no collective a failing rank could leave the others waiting in)."""
+    def shard_counts(self, split: str) -> dict[str, int]:
+        """The shards of ``split`` and their sample counts (the manifest's), in order."""
+        return {s.name: s.count for s in self.manifest.shards(split)}
+
+    def eval_stream(
+        self, split: str, batch_size: int, skip=frozenset(), whole: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+        """``(keys, images, shard names)``: this rank's share (``whole``: all) of the shards of ``split`` not in
+        ``skip``, each sample once; no collective (the caller checks the counts)."""
         world = (0, 1) if whole else world_info()
-        shards = self.manifest.shards(split)
-        counts = torch.zeros(len(shards), dtype=torch.int64)
+        names = [s.name for s in self.manifest.shards(split) if s.name not in skip]
+        if not names:
+            return
         try:
-            for images, keys, shard_ids in self._loader(split, batch_size, False, world=world):
-                counts += torch.bincount(shard_ids, minlength=len(shards))
-                yield keys, images
+            for images, keys, shard_ids in self._loader(split, batch_size, False, world=world, skip=skip):
+                yield keys, images, [names[i] for i in shard_ids.tolist()]
         except DataError as exc:
             raise DataError(_one_line(exc)) from None
-        if not collective and world[1] > 1:
-            return
+
+    def eval_batches(
+        self, split: str, batch_size: int, whole: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """This rank's share of ``split`` (every image once over all ranks); ``whole``: all of it, in this rank.
+        At the end the per-shard counts, summed over ranks, must equal the manifest's."""
+        expected = self.shard_counts(split)
+        counts = torch.zeros(len(expected), dtype=torch.int64)
+        index = {name: i for i, name in enumerate(expected)}
+        for keys, images, shards in self.eval_stream(split, batch_size, whole=whole):
+            counts += torch.bincount(torch.tensor([index[s] for s in shards]), minlength=len(expected))
+            yield keys, images
         if not whole and dist.is_available() and dist.is_initialized():
             on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else counts.device
             reduced = counts.to(on)
             dist.all_reduce(reduced)
             counts = reduced.cpu()
-        short = [f"{s.name} ({int(c)} of {s.count})" for s, c in zip(shards, counts, strict=True) if c != s.count]
+        short = [f"{n} ({int(c)} of {expected[n]})" for n, c in zip(expected, counts, strict=True) if c != expected[n]]
         if short:
             raise DataError(
                 f"{split} split: shards delivered other sample counts than manifest.json says: {', '.join(short)}"

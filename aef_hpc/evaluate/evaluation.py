@@ -1,20 +1,27 @@
 """``aef-hpc eval``: the likelihood of a split in nats and bits/dim (mean ± standard error), per-image records,
 the effective sample size of importance sampling, and optionally FID and the denoising metrics.
 
-Results go to ``RUN/eval/<checkpoint>-<split>/``: ``records.csv`` (key, nll_nats, bits_per_dim, ess; empty ess
-for exact likelihoods) and ``summary.json``. The training run's final test is this same function on its best
-checkpoint, so ``aef-hpc eval RUN`` reproduces it exactly.
+Results go to ``RUN/eval/<checkpoint>-<split>/``:
+- while it runs, ``shards/<shard>.csv`` (key, nll_nats, ess): one file per finished shard, written atomically by
+  the rank that evaluated it, and ``settings.json`` (what they were computed with): an interrupted evaluation
+  restarted with the same settings skips the finished shards; both go once the records are merged;
+- ``records.csv`` (key, shard, nll_nats, bits_per_dim, ess; ess empty for exact likelihoods): all of them, merged
+  by rank 0 in manifest order once every shard is complete and every key appears once;
+- ``summary.json``: bits/dim mean ± standard error, count, K, repeats, proposal std, world size, seconds.
+The training run's final test is this same function on its best checkpoint, so ``aef-hpc eval RUN`` reproduces
+it exactly.
 """
 
 import csv
 import io
 import json
 import math
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..data import dequantize
 from ..engine.checkpoint import write_atomic
@@ -24,6 +31,9 @@ from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from .likelihood import PerImage, first_images, limited, per_image_nll
 from .restore import Trained
+
+#: the folder (inside the evaluation's) of one records file per finished shard
+RECORDS = "shards"
 
 
 def check_fid_weights(path: str | None) -> None:
@@ -82,52 +92,128 @@ def check_world(cfg, world: int) -> None:
         )
 
 
-def _gather(result: PerImage, expected: int | None, split: str) -> PerImage:
-    """Every rank's images on every rank (rank order); each key exactly once, ``expected`` of them when given."""
-    rank, world = world_info()
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, (result.keys, result.nll, result.ess))
-        ess = [p[2] for p in parts]
-        result = PerImage(
-            [k for p in parts for k in p[0]],
-            torch.cat([p[1] for p in parts]),
-            None if ess[0] is None else torch.cat(ess),
-        )
-    if len(set(result.keys)) != len(result.keys):
-        seen, twice = set(), None
-        for key in result.keys:
-            twice = key if key in seen else twice
-            seen.add(key)
-        raise DataError(f"{split} split: image {twice} was evaluated twice (keys must be unique across shards)")
-    if expected is not None and len(result.keys) != expected:
-        raise DataError(f"{split} split: {len(result.keys)} images were evaluated but the data holds {expected}")
-    return result
+def _folder(trained: Trained) -> Path:
+    """``RUN/eval/<checkpoint>-<split>[-data-<tag>]``: other data never overwrites the run's own records."""
+    tag = f"-data-{trained.data_tag}" if trained.data_tag else ""
+    return trained.checkpoint.run_dir / "eval" / f"{trained.checkpoint.path.name}-{trained.cfg.eval.split}{tag}"
+
+
+def _settings(trained: Trained) -> dict:
+    """What the per-shard records depend on: records of other settings are never reused."""
+    e = trained.cfg.eval
+    return {
+        "checkpoint": str(trained.checkpoint.path.resolve()),
+        "step": trained.checkpoint.step,
+        "ema": trained.ema,
+        "split": e.split,
+        "seed": e.seed,
+        "num_samples": e.num_samples,
+        "repeats": e.repeats,
+        "proposal_std": float(getattr(trained.model, "proposal_std", 0.0)),
+        "data": repr(vars(trained.cfg.data)),
+    }
+
+
+def _read_shard(path: Path) -> list[tuple[str, float, float | None]]:
+    with open(path, newline="") as handle:
+        return [(r["key"], float(r["nll_nats"]), float(r["ess"]) if r["ess"] else None) for r in csv.DictReader(handle)]
+
+
+def _finished_shards(out: Path, counts: dict[str, int], settings: dict) -> set[str]:
+    """Rank 0: the shards whose record files are complete (an interrupted evaluation goes on from there);
+    records of other settings (checkpoint, seed, K, data) are discarded."""
+    records = out / RECORDS
+    saved = out / "settings.json"
+    if saved.exists() and json.loads(saved.read_text()) != settings:
+        warnings.warn(f"{records}: records of other settings discarded (evaluating again)", stacklevel=3)
+        shutil.rmtree(records, ignore_errors=True)
+    records.mkdir(parents=True, exist_ok=True)
+    write_atomic(saved, json.dumps(settings, indent=2))
+    done = set()
+    for name, count in counts.items():
+        path = records / f"{name}.csv"
+        if path.is_file() and len(_read_shard(path)) == count:
+            done.add(name)
+    return done
+
+
+def _evaluate_shards(model, data, e, levels: int, out: Path, counts: dict[str, int], done: set[str], device):
+    """This rank's share of the unfinished shards; each shard's records are written (atomically) when its last
+    image is evaluated, so a killed evaluation loses only the shards in flight."""
+    pending: dict[str, list] = {}
+    for keys, images, shards in data.eval_stream(e.split, e.batch_size, skip=frozenset(done)):
+        result = per_image_nll(model, [(keys, images)], levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device)
+        ess = result.ess.tolist() if result.ess is not None else [None] * len(keys)
+        for key, shard, nll, size in zip(keys, shards, result.nll.tolist(), ess, strict=True):
+            pending.setdefault(shard, []).append((key, nll, size))
+        for shard in set(shards):
+            if len(pending[shard]) == counts[shard]:
+                _write_csv(out / RECORDS / f"{shard}.csv", ["key", "nll_nats", "ess"], pending.pop(shard))
+    if pending:
+        shard, rows = next(iter(pending.items()))
+        raise DataError(f"{e.split} shard {shard}: delivered {len(rows)} of its {counts[shard]} samples")
+
+
+def _merge(out: Path, counts: dict[str, int], split: str) -> tuple[PerImage, list[str]]:
+    """Rank 0: every shard's records, each manifest shard complete and every key exactly once."""
+    keys, nll, ess, shard_of = [], [], [], []
+    for name, count in counts.items():
+        path = out / RECORDS / f"{name}.csv"
+        rows = _read_shard(path) if path.is_file() else []
+        if len(rows) != count:
+            raise DataError(f"{split} shard {name}: {len(rows)} of its {count} images have records")
+        keys += [r[0] for r in rows]
+        nll += [r[1] for r in rows]
+        ess += [r[2] for r in rows]
+        shard_of += [name] * count
+    if len(set(keys)) != len(keys):
+        seen = set()
+        twice = next(k for k in keys if k in seen or seen.add(k))
+        raise DataError(f"{split} split: image {twice} appears twice (keys must be unique across shards)")
+    has_ess = bool(ess) and ess[0] is not None
+    result = PerImage(keys, torch.tensor(nll, dtype=torch.float64), torch.tensor(ess) if has_ess else None)
+    return result, shard_of
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([v if isinstance(v, str) else ("" if v is None else repr(v)) for v in row] for row in rows)
+    write_atomic(path, text.getvalue())
 
 
 def evaluate(trained: Trained, data) -> tuple[dict, Path]:
-    """Evaluate ``trained`` on ``eval.split`` of ``data`` on every rank of the job (each its share of the shards);
-    rank 0 writes the records and summary; returns ``(summary, folder)`` on every rank. Per-image numbers do not
-    depend on the number of ranks (noise keyed by ``(eval.seed, image key)``)."""
+    """Evaluate ``trained`` on ``eval.split`` of ``data`` on every rank of the job, each its share of the shards
+    (and its loader workers theirs); per-shard records as shards finish; rank 0 merges them (every image exactly
+    once) into ``records.csv`` and ``summary.json``. Returns ``(summary, folder)`` on every rank. An image's numbers
+    do not depend on the number of ranks (noise keyed by ``(eval.seed, key)``); a restarted evaluation skips the
+    shards already recorded."""
     cfg, model, device = trained.cfg, trained.model, trained.device
     e = cfg.eval
     check_fid_weights(e.fid_weights)
-    _, world = world_info()
-    check_world(cfg, world)
+    check_world(cfg, world_info()[1])
     started = time.monotonic()
     proposal = on_rank0(lambda: proposal_std(trained, data))  # one search, one writer of proposal.json
     if proposal is not None:
         model.proposal_std.fill_(proposal["proposal_std"])
-    batches = limited(data.eval_batches(e.split, e.batch_size, collective=False), e.limit)
-    result = on_every_rank(  # a rank that fails (a corrupt shard) stops every rank, nothing is written
-        lambda: per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device),
-        f"evaluating the {e.split} split",
-    )
-    result = _gather(result, None if e.limit is not None else data.count(e.split), e.split)
-    return on_rank0(lambda: _write(trained, data, result, proposal, started))
+    out = _folder(trained)
+    if e.limit is not None:  # a prefix of one stream (one rank): no shard records
+        batches = limited(data.eval_batches(e.split, e.batch_size), e.limit)
+        result = per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device)
+        shards = [""] * len(result.keys)
+    else:
+        counts = data.shard_counts(e.split)
+        done = on_rank0(lambda: _finished_shards(out, counts, _settings(trained)))
+        on_every_rank(  # a rank that fails (a corrupt shard) stops every rank; nothing is merged
+            lambda: _evaluate_shards(model, data, e, data.levels, out, counts, done, device),
+            f"evaluating the {e.split} split",
+        )
+        result, shards = on_rank0(lambda: _merge(out, counts, e.split))
+    return on_rank0(lambda: _write(trained, data, result, shards, proposal, started))
 
 
-def _write(trained: Trained, data, result: PerImage, proposal: dict | None, started: float) -> tuple[dict, Path]:
+def _write(trained: Trained, data, result: PerImage, shards, proposal, started: float) -> tuple[dict, Path]:
     cfg, model = trained.cfg, trained.model
     e = cfg.eval
     bpd = bits_per_dim(result.nll, model.num_dims, data.levels)
@@ -161,17 +247,15 @@ def _write(trained: Trained, data, result: PerImage, proposal: dict | None, star
     summary.update(_image_metrics(trained, data))
     summary["seconds"] = round(time.monotonic() - started, 3)
 
-    tag = f"-data-{trained.data_tag}" if trained.data_tag else ""  # other data never overwrites the run's own
-    out = trained.checkpoint.run_dir / "eval" / f"{trained.checkpoint.path.name}-{e.split}{tag}"
+    out = _folder(trained)
     out.mkdir(parents=True, exist_ok=True)
     ess = result.ess.tolist() if result.ess is not None else [None] * len(result.keys)
-    rows = zip(result.keys, result.nll.tolist(), bpd.tolist(), ess, strict=True)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["key", "nll_nats", "bits_per_dim", "ess"])
-    writer.writerows((k, repr(n), repr(b), "" if s is None else repr(s)) for k, n, b, s in rows)
-    write_atomic(out / "records.csv", text.getvalue())
+    rows = zip(result.keys, shards, result.nll.tolist(), bpd.tolist(), ess, strict=True)
+    _write_csv(out / "records.csv", ["key", "shard", "nll_nats", "bits_per_dim", "ess"], rows)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    # merged: the per-shard records only served an interrupted evaluation (a new one computes afresh)
+    shutil.rmtree(out / RECORDS, ignore_errors=True)
+    (out / "settings.json").unlink(missing_ok=True)
     return summary, out
 
 
