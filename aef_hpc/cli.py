@@ -203,6 +203,13 @@ def _bench(args) -> int:
             )
         print(f"wrote {out} and {out.replace('.csv', '.png')}")
         return 0
+    if args.what == "eval":
+        from .bench import eval as eval_bench
+
+        out = args.out or "bench/eval.csv"
+        print(eval_bench.table(eval_bench.run(out)))
+        print(f"wrote {out}")
+        return 0
     if args.what == "scale":
         from .bench import scale
 
@@ -317,10 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
     bench.add_argument(
         "what",
-        choices=("data", "kernels", "train", "scale"),
+        choices=("data", "kernels", "train", "scale", "eval"),
         help="data: shard streaming vs one file per image; kernels: fused ops vs eager vs torch.compile; "
         "train: steps/s and peak memory of aef-center, aef-linear and vae training steps; scale: per-rank memory "
-        "and step time of DDP and ZeRO 0-3 on 1, 2 and 4 ranks",
+        "and step time of DDP and ZeRO 0-3 on 1, 2 and 4 ranks; eval: images/s of likelihood evaluation on 1 and 2 "
+        "ranks and its peak memory against K",
     )
     bench.add_argument("--out", help="CSV file to write (default bench/<what>.csv; kernels also writes a .png plot)")
     bench.add_argument("--images", type=int, default=4096, help="data: images per shape")

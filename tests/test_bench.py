@@ -65,3 +65,17 @@ def test_bench_scale_counts_what_each_rank_holds(tmp_path):
         master = zero3["expected_params_mb"]  # DeepSpeed's float32 copy of the rank's partition
         assert zero3["optimizer_mb"] == pytest.approx(zero3["expected_optimizer_mb"] + master, rel=0.02)
     assert (tmp_path / "scale.csv").read_text().startswith("engine,world,rank,")
+
+
+def test_bench_eval_runs_on_ranks_and_its_memory_is_flat_in_k(tmp_path):
+    """The evaluation benchmark itself, tiny: 1 and 2 ranks, and the peak memory of K=32 vs K=512 at chunk 32
+    (asserted loosely: importance sampling K times the batch at once would take hundreds of MB more)."""
+    from aef_hpc.bench import eval as eval_bench
+
+    rows = eval_bench.run(tmp_path / "eval.csv", images=64, num_samples=8, ks=(32, 512), models=("aef-linear",))
+    assert not [r["error"] for r in rows if r["error"]]
+    rates = [r["images_per_s"] for r in rows if r["kind"] == "throughput"]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
+    small, large = (r["peak_mb"] for r in rows if r["kind"] == "memory")
+    print(f"peak MB at K=32: {small}, at K=512: {large}")
+    assert large < small + 40

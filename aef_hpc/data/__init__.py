@@ -2,7 +2,9 @@
 
 Training and evaluation see one interface, implemented by ``TensorSource`` (in memory) and ``ShardSource``
 (webdataset shards): ``image_shape``, ``levels``, ``count(split)``, ``train_epoch(epoch, batch_size, start)`` yielding
-``Batch(images, ids, skipped)`` and ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``.
+``Batch(images, ids, skipped)``, ``eval_batches(split, batch_size)`` yielding ``(keys, uint8 images)``, and for
+evaluation by shard ``shard_counts(split)`` and ``eval_stream(split, batch_size, skip)`` yielding
+``(keys, images, shard names)`` (in-memory data: pseudo-shards of 100 images).
 """
 
 from ..config import DataConfig
