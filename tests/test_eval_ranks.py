@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -32,9 +33,12 @@ def trained(tmp_path_factory):
     return root / "r"
 
 
-def _evaluate(run, ranks: int) -> tuple[dict[str, float], dict]:
+def _evaluate(run, ranks: int, launcher: str = "torchrun") -> tuple[dict[str, float], dict]:
     if ranks == 1:
         command = [aef_hpc_exe(), "eval", str(run), *EVAL]
+    elif launcher == "mpiexec":
+        command = [str(VENV_BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "aef_hpc.cli", "eval", str(run),
+                   *EVAL]  # fmt: skip
     else:
         command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", str(ranks), "-m", "aef_hpc.cli",
                    "eval", str(run), *EVAL]  # fmt: skip
@@ -53,11 +57,11 @@ def test_two_and_three_ranks_give_one_rank_s_numbers(trained):
     one, summary = _evaluate(trained, 1)
     manifest = json.loads((trained.parent / "shards" / "manifest.json").read_text())
     assert len(one) == summary["count"] == sum(s["count"] for s in manifest["splits"]["test"])
-    for ranks in (2, 3):
-        many, summary_many = _evaluate(trained, ranks)
+    for ranks, launcher in ((2, "torchrun"), (3, "torchrun"), (2, "mpiexec")):
+        many, summary_many = _evaluate(trained, ranks, launcher)
         assert set(many) == set(one) and summary_many["world_size"] == ranks
         worst = max(abs(many[k] - one[k]) / abs(one[k]) for k in one)
-        print(f"{ranks} ranks x 2 workers: {len(many)} images, largest relative NLL difference {worst:.1e}")
+        print(f"{ranks} {launcher} ranks x 2 workers: {len(many)} images, largest relative NLL difference {worst:.1e}")
         assert worst < 1e-5
         assert summary_many["nll_nats"] == pytest.approx(summary["nll_nats"], rel=1e-6)
         assert summary_many["proposal_std"] == summary["proposal_std"]
