@@ -95,7 +95,8 @@ def test_a_corrupt_test_shard_on_one_rank_stops_every_rank_and_merges_nothing(tr
 
 
 def test_an_evaluation_killed_on_one_rank_resumes_from_its_finished_shards(trained):
-    one, _ = _evaluate(trained, 1)
+    one, summary_one = _evaluate(trained, 1)
+    assert summary_one["shards_reused"] == 0
     folder = next((trained / "eval").glob("*-test"))
     command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
                str(trained), *EVAL, "eval.batch_size=4"]  # fmt: skip
@@ -109,17 +110,19 @@ def test_an_evaluation_killed_on_one_rank_resumes_from_its_finished_shards(train
     assert proc.returncode != 0
     finished = sorted((folder / "shards").glob("*.csv"))
     assert 0 < len(finished) < 6, "killed while shards were in flight"
-    # mark one finished shard: a resumed evaluation must take its records as they are, not evaluate it again
-    marked = finished[0]
-    with open(marked, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    with open(marked, "w", newline="") as handle:
+    # mark one finished shard's records: a resumed evaluation must take them as they are, not evaluate it again
+    with open(finished[0], newline="") as handle:
+        kept = list(csv.DictReader(handle))
+    with open(finished[0], "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["key", "nll_nats", "ess"])
         writer.writeheader()
-        writer.writerows({**r, "nll_nats": "12345.0"} for r in rows)
-    resumed, _ = _evaluate(trained, 2)
-    assert set(resumed) == set(one) and len(resumed) == len(one)
-    assert {k for k, v in resumed.items() if v == 12345.0} == {r["key"] for r in rows}, "finished shards skipped"
-    others = [k for k in one if k not in {r["key"] for r in rows}]
-    assert max(abs(resumed[k] - one[k]) / abs(one[k]) for k in others) < 1e-5
+        writer.writerows({**r, "nll_nats": "12345.0"} for r in kept)
+    resumed, summary = _evaluate(trained, 2)
+    assert summary["shards_reused"] == len(finished)
+    assert {k for k, v in resumed.items() if v == 12345.0} == {r["key"] for r in kept}, "finished shards skipped"
+    resumed.update({r["key"]: float(r["nll_nats"]) for r in kept})  # unmarked: the uninterrupted evaluation's
+    assert set(resumed) == set(one) and len(resumed) == len(one), "every key once"
+    assert max(abs(resumed[k] - one[k]) / abs(one[k]) for k in one) < 1e-5
+    mean = sum(resumed.values()) / len(resumed)
+    assert mean == pytest.approx(summary_one["nll_nats"], rel=1e-6), "the uninterrupted summary"
     assert not (folder / "shards").exists(), "merged: the per-shard records are gone"

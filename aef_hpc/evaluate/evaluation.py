@@ -7,7 +7,8 @@ Results go to ``RUN/eval/<checkpoint>-<split>/``:
   restarted with the same settings skips the finished shards; both go once the records are merged;
 - ``records.csv`` (key, shard, nll_nats, bits_per_dim, ess; ess empty for exact likelihoods): all of them, merged
   by rank 0 in manifest order once every shard is complete and every key appears once;
-- ``summary.json``: bits/dim mean ± standard error, count, K, repeats, proposal std, world size, seconds.
+- ``summary.json``: bits/dim mean ± standard error, count, K, repeats, proposal std, world size, the shards whose
+  records an interrupted evaluation had finished (``shards_reused``), seconds.
 The training run's final test is this same function on its best checkpoint, so ``aef-hpc eval RUN`` reproduces
 it exactly.
 """
@@ -201,7 +202,7 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
     if e.limit is not None:  # a prefix of one stream (one rank): no shard records
         batches = limited(data.eval_batches(e.split, e.batch_size), e.limit)
         result = per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device)
-        shards = [""] * len(result.keys)
+        shards, done = [""] * len(result.keys), set()
     else:
         counts = data.shard_counts(e.split)
         done = on_rank0(lambda: _finished_shards(out, counts, _settings(trained)))
@@ -210,10 +211,12 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
             f"evaluating the {e.split} split",
         )
         result, shards = on_rank0(lambda: _merge(out, counts, e.split))
-    return on_rank0(lambda: _write(trained, data, result, shards, proposal, started))
+    return on_rank0(lambda: _write(trained, data, result, shards, proposal, started, len(done)))
 
 
-def _write(trained: Trained, data, result: PerImage, shards, proposal, started: float) -> tuple[dict, Path]:
+def _write(
+    trained: Trained, data, result: PerImage, shards, proposal, started: float, reused: int
+) -> tuple[dict, Path]:
     cfg, model = trained.cfg, trained.model
     e = cfg.eval
     bpd = bits_per_dim(result.nll, model.num_dims, data.levels)
@@ -232,6 +235,7 @@ def _write(trained: Trained, data, result: PerImage, shards, proposal, started: 
         "ema_weights": trained.ema,
         "seed": e.seed,
         "world_size": world_info()[1],
+        "shards_reused": reused,
     }
     if not model.exact_likelihood:
         summary.update(
