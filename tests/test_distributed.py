@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
 from aef_hpc.engine.deepspeed import consolidated_state_dict
@@ -27,10 +28,7 @@ VENV_BIN = Path(sys.executable).parent
 #: 20 steps of aef-center, 16 images per rank: the global batch of one process with 32
 COMMON = ["model.name=aef-center", "train.steps=20", "train.val_every=10", "train.log_every=1", "eval.limit=64",
           "eval.grid_samples=4", "train.device=cpu", "--no-progress"]  # fmt: skip
-ENGINES = {
-    "ddp": ["engine=ddp"],
-    **{f"zero{s}": ["engine=deepspeed", f"deepspeed.config=configs/deepspeed/zero{s}.yaml"] for s in range(4)},
-}
+ENGINES = {name: engine_overrides(name) for name in ("ddp", "zero0", "zero1", "zero2", "zero3")}
 
 
 def launch(command: list[str], **env) -> subprocess.CompletedProcess:

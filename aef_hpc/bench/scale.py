@@ -37,6 +37,13 @@ BATCH = 4
 _RESULT = "AEF_BENCH_SCALE_RESULT "
 
 
+def engine_overrides(name: str) -> list[str]:
+    """The config keys of an engine case: ``ddp`` or ``zero0``..``zero3`` (the DeepSpeed presets)."""
+    if name == "ddp":
+        return ["engine=ddp"]
+    return ["engine=deepspeed", f"deepspeed.config=configs/deepspeed/{name}.yaml"]
+
+
 def _storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views of one flat buffer count once)."""
     seen = {}
@@ -89,12 +96,7 @@ def worker(engine_name: str, warmup: int, repeats: int) -> None:
     from ..train.collective import initialize_collectively
     from ..train.loop import _build_engine
 
-    overrides = [*MODEL, f"train.batch_size={BATCH}", "train.lr=1e-4"]
-    if engine_name == "ddp":
-        overrides.append("engine=ddp")
-    else:
-        overrides += ["engine=deepspeed", f"deepspeed.config=configs/deepspeed/{engine_name}.yaml"]
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, [*MODEL, f"train.batch_size={BATCH}", "train.lr=1e-4", *engine_overrides(engine_name)])
     ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
     device = init_distributed(discover(), torch.device("cuda" if torch.cuda.is_available() else "cpu"), force=True)
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
 from aef_hpc.engine.deepspeed import deepspeed_config, gathered, model_scope
@@ -38,12 +39,7 @@ def _same_on_every_rank(vector: torch.Tensor) -> bool:
 
 def main(engine_name: str, out: str) -> None:
     out = Path(out)
-    overrides = ["model.name=aef-center", "train.batch_size=16", "train.device=cpu"]
-    if engine_name == "ddp":
-        overrides.append("engine=ddp")
-    else:
-        overrides += ["engine=deepspeed", f"deepspeed.config=configs/deepspeed/{engine_name}.yaml"]
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, ["model.name=aef-center", "train.batch_size=16", *engine_overrides(engine_name)])
     ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
     device = init_distributed(discover(), torch.device("cpu"), force=True)
     data = open_data(cfg.data)
