@@ -8,9 +8,13 @@ Triton: one program per row; the forward writes ``y`` and the row's log-det in o
 ``g_sraw = gs (1 - (s/c)^2)``, ``gt = gy`` (and the mirrored formulas for the inverse).
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
+
+from aef_hpc.errors import ModelError
 
 from ._rows import acc_dtype, row_sum
 from .dispatch import (
@@ -24,9 +28,16 @@ from .dispatch import (
 )
 
 
+def check_clamp(clamp: float | None) -> float | None:
+    """``clamp`` must be ``None`` (no bound) or a positive finite number (0 would divide by zero)."""
+    if clamp is not None and (isinstance(clamp, bool) or not 0 < clamp < math.inf):
+        raise ModelError(f"clamp={clamp!r} must be a positive number, or None for an unbounded log-scale")
+    return clamp
+
+
 def bound_log_scale(s_raw: torch.Tensor, clamp: float | None) -> torch.Tensor:
     """Soft clamp of the log-scale into (-clamp, clamp); the identity for ``clamp=None``."""
-    if clamp is None:
+    if check_clamp(clamp) is None:
         return s_raw
     return clamp * torch.tanh(s_raw / clamp)
 
@@ -133,7 +144,8 @@ class AffineCouplingFunction(torch.autograd.Function):
         grid, block = launch_grid(rows, n)
         partial = torch.empty(grid, dtype=acc_dtype(x), device=x.device)
         meta = dict(HAS_CLAMP=clamp is not None, INVERSE=inverse, ACC=compute_dtype(x.dtype), BLOCK=block)
-        _coupling_fwd[grid](x2, s2, t2, out, partial, n, x_rs, s_rs, t_rs, clamp or 1.0, **meta)
+        bound = 1.0 if clamp is None else clamp  # unused by the kernel without HAS_CLAMP
+        _coupling_fwd[grid](x2, s2, t2, out, partial, n, x_rs, s_rs, t_rs, bound, **meta)
         triton_launches["affine_coupling"] += 1
         ctx.save_for_backward(x2, s2, t2)
         ctx.strides, ctx.meta, ctx.clamp, ctx.shapes = (x_rs, s_rs, t_rs), meta, clamp, (x.shape, s_raw.shape, t.shape)
@@ -142,12 +154,14 @@ class AffineCouplingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
-        grads = launch_backward(_coupling_bwd, "affine_coupling", ctx, g_out, g_logdet, ctx.clamp or 1.0)
+        bound = 1.0 if ctx.clamp is None else ctx.clamp
+        grads = launch_backward(_coupling_bwd, "affine_coupling", ctx, g_out, g_logdet, bound)
         return (*grads, None, None)
 
 
 def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):
     """Density direction: ``(x * exp(s) + t, sum(s))`` with ``s = bound_log_scale(s_raw)``."""
+    check_clamp(clamp)
     if wants_triton(x, s_raw, t):
         return AffineCouplingFunction.apply(x, s_raw, t, clamp, False)
     return affine_coupling_reference(x, s_raw, t, clamp)
@@ -155,6 +169,7 @@ def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):
 
 def affine_coupling_inverse(y, s_raw, t, clamp: float | None = 2.0):
     """Sampling direction: ``((y - t) * exp(-s), -sum(s))``."""
+    check_clamp(clamp)
     if wants_triton(y, s_raw, t):
         return AffineCouplingFunction.apply(y, s_raw, t, clamp, True)
     return affine_coupling_reference(y, s_raw, t, clamp, inverse=True)

@@ -17,6 +17,7 @@ from aef_hpc.kernels.encoder_layer import encoder_layer_reference
 from aef_hpc.kernels.logit import logit_preprocess_reference
 
 from aef_hpc import kernels
+from aef_hpc.errors import ModelError
 
 ROWS = [1, 3, 64]
 COLS = [1, 7, 127, 1000, 4099]
@@ -274,3 +275,14 @@ def test_a_one_nat_error_in_one_row_fails_the_comparison(dtype, device):
     wrong[17] += 1.0
     with pytest.raises(AssertionError):
         _close(wrong, ref_logdet, 4099, dtype, "log-det")
+
+
+@pytest.mark.parametrize("clamp", [0.0, -1.0, float("nan"), float("inf"), True])
+def test_a_coupling_clamp_that_cannot_bound_is_refused(clamp, device):
+    """``clamp=0.0`` once became 1.0 inside the launch (``clamp or 1.0``); the reference divided by zero."""
+    x, s, t = _inputs("coupling", 2, 5, device, torch.float32)
+    for impl in ("triton", "eager"):
+        with use_kernels(impl), pytest.raises(ModelError, match="must be a positive number, or None"):
+            kernels.affine_coupling(x, s, t, clamp)
+        with use_kernels(impl), pytest.raises(ModelError, match="must be a positive number, or None"):
+            kernels.affine_coupling_inverse(x, s, t, clamp)
