@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from ..engine.discovery import world_info
+from ..engine.discovery import collective_device, world_info
 from ..errors import DataError
 from ..keyed import sample_id
 from .codec import DECLARED, CorruptSample, decode_sample
@@ -429,8 +429,7 @@ class ShardSource:
             counts += torch.bincount(torch.tensor([index[s] for s in shards]), minlength=len(expected))
             yield keys, images
         if not whole and dist.is_available() and dist.is_initialized():
-            on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else counts.device
-            reduced = counts.to(on)
+            reduced = counts.to(collective_device())
             dist.all_reduce(reduced)
             counts = reduced.cpu()
         short = [f"{n} ({int(c)} of {expected[n]})" for n, c in zip(expected, counts, strict=True) if c != expected[n]]

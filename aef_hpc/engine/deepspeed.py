@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 from ..errors import CheckpointError, ConfigError
+from .discovery import collective_device
 from .single import StepResult
 
 #: train.* keys own these: a preset that sets one would contradict them
@@ -160,9 +161,7 @@ class DeepSpeedEngine:
             norm = self.engine.get_global_grad_norm()
         norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32).detach().cpu()
         loss, self._loss_sum = self._loss_sum / self.accumulate, None
-        ok = torch.tensor([int(bool(torch.isfinite(norm)) and bool(torch.isfinite(loss)))])
-        if dist.get_backend() == "nccl":
-            ok = ok.cuda()
+        ok = torch.tensor([int(bool(torch.isfinite(norm)) and bool(torch.isfinite(loss)))], device=collective_device())
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank counts the same steps as skipped
         return StepResult(bool(ok.item()), loss, norm, lr)
 

@@ -236,6 +236,13 @@ def init_distributed(info: ProcessInfo, device: torch.device, force: bool = Fals
     return device
 
 
+def collective_device() -> torch.device:
+    """Where tensors of a collective must live: the current GPU under NCCL, else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def world_info() -> tuple[int, int]:
     """``(rank, world_size)`` of the joined process group, else ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
@@ -284,9 +291,7 @@ def on_every_rank(fn, what: str):
         error = exc
     rank, world = world_info()
     if world > 1:
-        failed = torch.tensor([0 if error is None else rank + 1])
-        if dist.get_backend() == "nccl":
-            failed = failed.cuda()
+        failed = torch.tensor([0 if error is None else rank + 1], device=collective_device())
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         first = int(failed.item()) - 1
         if error is None and first >= 0:

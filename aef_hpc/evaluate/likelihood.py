@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import dequantize_keyed, sample_id
+from ..engine.discovery import collective_device
 from ..keyed import KeyedNoise
 from ..models.base import effective_sample_size, log_mean_exp
 
@@ -79,8 +80,7 @@ def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device) -> flo
         total[0] += loss_fn(dequantize_keyed(images.to(device), levels, ids, seed)).double().sum().cpu()
         total[1] += len(images)
     if dist.is_available() and dist.is_initialized():
-        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else total.device
-        reduced = total.to(on)
+        reduced = total.to(collective_device())
         dist.all_reduce(reduced)
         total = reduced.cpu()
     return (total[0] / max(total[1].item(), 1)).item()

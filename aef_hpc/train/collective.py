@@ -7,15 +7,11 @@ import torch
 import torch.distributed as dist
 
 from ..engine.deepspeed import gathered
-from ..engine.discovery import world_info
+from ..engine.discovery import collective_device, world_info
 
 
 def _joined() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def initialize_collectively(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -34,7 +30,7 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of a scalar over ranks."""
     if not _joined():
         return value
-    reduced = value.detach().to(_device(), torch.float64).reshape(1)
+    reduced = value.detach().to(collective_device(), torch.float64).reshape(1)
     dist.all_reduce(reduced)
     return (reduced / dist.get_world_size()).to(value.device).reshape(())
 
@@ -43,7 +39,7 @@ def world_sum(value: float) -> float:
     """The sum of a number over ranks."""
     if not _joined():
         return value
-    reduced = torch.tensor([float(value)], dtype=torch.float64, device=_device())
+    reduced = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
     dist.all_reduce(reduced)
     return reduced.item()
 
@@ -52,7 +48,7 @@ def any_rank(flag: bool) -> bool:
     """``True`` on every rank when ``flag`` is true on one (a signal that reached only some ranks)."""
     if not _joined():
         return flag
-    reduced = torch.tensor([int(flag)], device=_device())
+    reduced = torch.tensor([int(flag)], device=collective_device())
     dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
     return bool(reduced.item())
 
