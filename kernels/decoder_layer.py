@@ -5,29 +5,18 @@ per-row output is :math:`\sum_{i\in\mathcal M} \log\mathcal N(\delta_i; 0, 1) - 
 which is both the decoder layer's density-direction log-det plus the base density of its output, and the
 Gaussian log-likelihood :math:`\log\mathcal N(y; \mu, \sigma+\epsilon)` that a VAE uses.
 
-Triton: one pass reads ``y, mu, r`` (and the mask) and writes ``delta`` and the row sum; the backward reads the
-same inputs again instead of saved intermediates: with ``a = sigma + eps``,
-``gy = m (g_delta - g_logp delta) / a``, ``g_mu = -gy``,
-``g_r = m sigmoid(r) (g_logp (delta^2 - 1) - g_delta delta) / a``.
+Triton (``fused/decoder_layer.py``): one pass reads ``y, mu, r`` (and the mask) and writes the row sums, plus the
+deviations only for ``decoder_layer``: the loss path (``decoder_log_prob``) writes none, reads ``r`` once when it
+is broadcast over the batch (``independent`` variance) and computes no gradient for it when it has none
+(``fixed``). The backward reads the same inputs again instead of saved intermediates.
 """
 
 import math
 
-import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from ._rows import acc_dtype, row_sum
-from .dispatch import (
-    compute_dtype,
-    flat_operands,
-    launch_backward,
-    launch_grid,
-    store_row_partial,
-    triton_launches,
-    wants_triton,
-)
+from ._rows import row_sum
+from .dispatch import wants_triton
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -42,111 +31,11 @@ def decoder_layer_reference(y, mu, r, mask=None, eps: float = 1e-5):
     return deviation, row_sum(terms)
 
 
-@triton.jit
-def _softplus(r):
-    return tl.maximum(r, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(r)))
+def _fused(y, mu, r, mask, eps, want_out):
+    from .fused.decoder_layer import OP
+    from .fused.rowwise import rowwise
 
-
-@triton.jit
-def _decoder_fwd(
-    y_ptr,
-    mu_ptr,
-    r_ptr,
-    m_ptr,
-    dev_ptr,
-    logp_ptr,
-    n,
-    y_rs,
-    mu_rs,
-    r_rs,
-    m_rs,
-    eps,
-    half_log_2pi,
-    HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < n
-    y = tl.load(y_ptr + row * y_rs + cols, mask=inside, other=0.0).to(ACC)
-    mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
-    r = tl.load(r_ptr + row * r_rs + cols, mask=inside, other=0.0).to(ACC)
-    a = _softplus(r) + eps
-    dev = (y - mu) / a
-    term = -0.5 * dev * dev - half_log_2pi - tl.log(a)
-    if HAS_MASK:
-        w = tl.load(m_ptr + row * m_rs + cols, mask=inside, other=0.0).to(ACC)
-        dev = dev * w
-        term = term * w
-    tl.store(dev_ptr + row * n + cols, dev.to(dev_ptr.dtype.element_ty), mask=inside)
-    store_row_partial(logp_ptr, row, tl.where(inside, term, 0.0), False)
-
-
-@triton.jit
-def _decoder_bwd(
-    y_ptr,
-    mu_ptr,
-    r_ptr,
-    m_ptr,
-    gdev_ptr,
-    glogp_ptr,
-    gy_ptr,
-    gmu_ptr,
-    gr_ptr,
-    n,
-    y_rs,
-    mu_rs,
-    r_rs,
-    m_rs,
-    eps,
-    HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    g_logp = tl.load(glogp_ptr + row).to(ACC)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < n
-    y = tl.load(y_ptr + row * y_rs + cols, mask=inside, other=0.0).to(ACC)
-    mu = tl.load(mu_ptr + row * mu_rs + cols, mask=inside, other=0.0).to(ACC)
-    r = tl.load(r_ptr + row * r_rs + cols, mask=inside, other=0.0).to(ACC)
-    g_dev = tl.load(gdev_ptr + row * n + cols, mask=inside, other=0.0).to(ACC)
-    a = _softplus(r) + eps
-    dev = (y - mu) / a
-    gy = (g_dev - g_logp * dev) / a
-    gr = tl.sigmoid(r) * (g_logp * (dev * dev - 1.0) - g_dev * dev) / a
-    if HAS_MASK:
-        w = tl.load(m_ptr + row * m_rs + cols, mask=inside, other=0.0).to(ACC)
-        gy = gy * w
-        gr = gr * w
-    tl.store(gy_ptr + row * n + cols, gy.to(gy_ptr.dtype.element_ty), mask=inside)
-    tl.store(gmu_ptr + row * n + cols, (-gy).to(gmu_ptr.dtype.element_ty), mask=inside)
-    tl.store(gr_ptr + row * n + cols, gr.to(gr_ptr.dtype.element_ty), mask=inside)
-
-
-class DecoderLayerFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, mu, r, mask, eps):
-        rows = y.shape[0]
-        operands = (y, mu, r) if mask is None else (y, mu, r, mask.to(y.dtype))
-        flat, strides, n = flat_operands(rows, *operands)
-        if mask is None:
-            flat, strides = [*flat, flat[0]], [*strides, 0]
-        deviation = torch.empty((rows, n), dtype=y.dtype, device=y.device)
-        grid, block = launch_grid(rows, n)
-        partial = torch.empty(grid, dtype=acc_dtype(y), device=y.device)
-        meta = dict(HAS_MASK=mask is not None, ACC=compute_dtype(y.dtype), BLOCK=block)
-        _decoder_fwd[grid](*flat, deviation, partial, n, *strides, eps, _HALF_LOG_2PI, **meta)
-        triton_launches["decoder_layer"] += 1
-        ctx.save_for_backward(*flat)
-        ctx.strides, ctx.meta, ctx.eps, ctx.shapes, ctx.grid = strides, meta, eps, (y.shape, mu.shape, r.shape), grid
-        ctx.full = torch.broadcast_shapes(*(t.shape for t in operands))
-        return deviation.view(ctx.full), partial.sum(1)
-
-    @staticmethod
-    def backward(ctx, g_dev, g_logp):
-        return (*launch_backward(_decoder_bwd, "decoder_layer", ctx, g_dev, g_logp, ctx.eps), None, None)
+    return rowwise(OP, (y, mu, r), (float(eps), _HALF_LOG_2PI), want_out=want_out, mask=mask)
 
 
 def decoder_layer(y, mu, r, mask=None, eps: float = 1e-5):
@@ -154,9 +43,16 @@ def decoder_layer(y, mu, r, mask=None, eps: float = 1e-5):
 
     Entries outside the mask get deviation 0 and add nothing to ``logp``.
     """
-    if wants_triton(y, mu, r):
-        return DecoderLayerFunction.apply(y, mu, r, mask, eps)
+    if wants_triton(y, mu, r, mask):
+        return _fused(y, mu, r, mask, eps, True)
     return decoder_layer_reference(y, mu, r, mask, eps)
+
+
+def decoder_log_prob(y, mu, r, mask=None, eps: float = 1e-5):
+    """``logp[B]`` of ``decoder_layer`` without the deviations: the training and evaluation path."""
+    if wants_triton(y, mu, r, mask):
+        return _fused(y, mu, r, mask, eps, False)
+    return decoder_layer_reference(y, mu, r, mask, eps)[1]
 
 
 def softplus_inverse(sigma: float) -> float:

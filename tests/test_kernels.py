@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import triton
 from aef_hpc.kernels import triton_launches, use_kernels
-from aef_hpc.kernels.affine_coupling import _coupling_fwd, affine_coupling_reference
+from aef_hpc.kernels.affine_coupling import affine_coupling_reference
 from aef_hpc.kernels.decoder_layer import decoder_layer_reference
 from aef_hpc.kernels.encoder_layer import encoder_layer_reference
 from aef_hpc.kernels.logit import logit_preprocess_reference
@@ -150,7 +150,9 @@ def test_interpreter_path_is_really_taken(device):
     if device.type != "cpu":
         pytest.skip("the interpreter is the CPU path")
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    assert isinstance(_coupling_fwd, triton.runtime.interpreter.InterpretedFunction)
+    from aef_hpc.kernels.fused import rowwise
+
+    assert isinstance(rowwise._forward, triton.runtime.interpreter.InterpretedFunction)
     before = triton_launches["decoder_layer"]
     with use_kernels("triton"):
         kernels.decoder_layer(torch.randn(2, 3), torch.zeros(2, 3), torch.zeros(2, 3))
@@ -206,10 +208,10 @@ def test_training_with_triton_matches_eager(name, device, float32_default):
 @pytest.mark.parametrize("name", OPS)
 def test_rows_split_into_many_chunks(name, device, monkeypatch):
     """The GPU launch (many chunks per row, partial sums added afterwards), forced with small chunks."""
-    from aef_hpc.kernels import dispatch
+    from aef_hpc.kernels.fused import rowwise
 
-    monkeypatch.setitem(dispatch.BLOCK_CAP, "interpreter", 64)
-    monkeypatch.setitem(dispatch.BLOCK_CAP, "gpu", 64)
+    monkeypatch.setitem(rowwise.INTERPRETER, "block", 64)
+    monkeypatch.setitem(rowwise.INTERPRETER, "rows", 2)
     test_op_matches_float64_reference(name, 3, 1000, torch.float32, device)
 
 
@@ -286,3 +288,181 @@ def test_a_coupling_clamp_that_cannot_bound_is_refused(clamp, device):
             kernels.affine_coupling(x, s, t, clamp)
         with use_kernels(impl), pytest.raises(ModelError, match="must be a positive number, or None"):
             kernels.affine_coupling_inverse(x, s, t, clamp)
+
+
+def _with_specials(args, which):
+    """Copies of ``args`` with NaN, +inf and -inf planted in input ``which`` (other entries untouched)."""
+    planted = [a.clone() for a in args]
+    target = planted[which]
+    target[0, 1], target[1, 2], target[2, 3] = float("nan"), float("inf"), float("-inf")
+    return planted
+
+
+def _same_specials(got, want, what):
+    """NaN exactly where the reference is NaN, the same infinities, and the reference's finite values."""
+    got, want = got.double().cpu(), want.double().cpu()
+    assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN at {got.isnan().nonzero().tolist()}, reference at "
+    f"{want.isnan().nonzero().tolist()}"
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True, msg=what)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_nan_and_inf_in_give_the_references_nan_out_forward_and_backward(name, device):
+    rows, cols = 3, 7
+    clean = _inputs(name, rows, cols, device, torch.float64)
+    mask = (torch.arange(cols, device=device) % 3 != 0).double()
+    gen = torch.Generator().manual_seed(2)
+    grad_out = torch.randn(rows, cols, generator=gen, dtype=torch.float64).to(device)
+    grad_logdet = torch.randn(rows, generator=gen, dtype=torch.float64).to(device)
+    cases = [(f"NaN/inf in input {k}", _with_specials(clean, k), grad_out) for k in range(len(clean))]
+    nan_grad = grad_out.clone()
+    nan_grad[1, 4] = float("nan")
+    cases.append(("NaN in the incoming gradient", clean, nan_grad))
+    for what, args, g in cases:
+        got = _run(name, args, mask, g, grad_logdet, "triton")
+        want = _run(name, args, mask, g, grad_logdet, "eager")
+        _same_specials(got[0], want[0], f"{what}: output")
+        _same_specials(got[1], want[1], f"{what}: log-det")
+        for i, (a, b) in enumerate(zip(got[2], want[2], strict=True)):
+            _same_specials(a, b, f"{what}: gradient of input {i}")
+
+
+def _decoder_loss_cases(rows, device):
+    """The decoder's three variances as the model passes them: ``independent`` a ``[C, H, W]`` parameter (not
+    expanded), ``fixed`` a scalar buffer (no gradient), ``dependent`` the two channel halves of one output
+    (row-strided views, read in place)."""
+    gen = torch.Generator().manual_seed(rows)
+    shape = (rows, 3, 5, 7)
+    y = torch.randn(shape, generator=gen).to(device)
+    mu = torch.randn(shape, generator=gen).to(device).requires_grad_()
+    independent = torch.randn(shape[1:], generator=gen).to(device).requires_grad_()
+    fixed = torch.tensor(0.54, device=device)
+    both = torch.randn(rows, 6, 5, 7, generator=gen).to(device).requires_grad_()
+    return {
+        "independent": ([y, mu, independent], [mu, independent]),
+        "fixed": ([y, mu, fixed], [mu]),
+        "dependent": ([y, *both.chunk(2, dim=1)], [both]),
+    }
+
+
+@pytest.mark.parametrize("variance", ["independent", "fixed", "dependent"])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_the_loss_path_matches_the_reference_without_deviations(variance, rows, device, monkeypatch):
+    """``decoder_log_prob``: values and gradients of every operand as the models pass them, several programs of
+    rows (the broadcast gradient summed per program, then over programs) and chunks per row."""
+    from aef_hpc.kernels.decoder_layer import decoder_layer_reference
+    from aef_hpc.kernels.fused import rowwise
+
+    monkeypatch.setitem(rowwise.INTERPRETER, "block", 64)
+    monkeypatch.setitem(rowwise.INTERPRETER, "rows", 16)
+    operands, leaves = _decoder_loss_cases(rows, device)[variance]
+    weights = torch.randn(rows, generator=torch.Generator().manual_seed(3)).to(device)
+    results = []
+    for impl in ("triton", "eager"):
+        for leaf in leaves:
+            leaf.grad = None
+        with use_kernels(impl):
+            logp = kernels.decoder_log_prob(*operands, None, 1e-5)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), [leaf.grad for leaf in leaves]))
+    (got, got_grads), (want, want_grads) = results
+    ref = decoder_layer_reference(*[t.detach() for t in operands], None, 1e-5)[1]
+    torch.testing.assert_close(want, ref)
+    _close(got, want, 105, torch.float64, "log-density")
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert g.shape == w.shape
+        _close(g, w, rows, torch.float64, "gradient")
+
+
+def test_the_loss_path_moves_within_ten_percent_of_the_minimum(device, monkeypatch):
+    """float32 decoder loss path at 64 x 4,099 with the GPU's program shape (16 rows × 1,024 columns): the minimum
+    is 8 bytes per entry forward (read y, mu) and 16 backward (read y, mu; write their gradients), 24 in all."""
+    from aef_hpc.kernels.fused import rowwise
+
+    monkeypatch.setitem(rowwise.INTERPRETER, "block", 1024)
+    monkeypatch.setitem(rowwise.INTERPRETER, "rows", 16)
+    rows, n = 64, 4099
+    y, mu = (torch.randn(rows, n, dtype=torch.float32, device=device, requires_grad=True) for _ in range(2))
+    r = torch.zeros(n, dtype=torch.float32, device=device, requires_grad=True)
+    kernels.triton_bytes.clear()
+    with use_kernels("triton"):
+        kernels.decoder_log_prob(y, mu, r).sum().backward()
+    forward = kernels.triton_bytes["decoder_layer"] / (rows * n)
+    backward = kernels.triton_bytes["decoder_layer_backward"] / (rows * n)
+    assert forward <= 8 * 1.1 and backward <= 16 * 1.1 and forward + backward <= 24 * 1.1, (forward, backward)
+
+
+def test_a_fixed_scale_gets_no_gradient_and_no_deviations_are_written(device):
+    y, mu = torch.randn(4, 9, device=device), torch.randn(4, 9, device=device, requires_grad=True)
+    kernels.triton_bytes.clear()
+    with use_kernels("triton"):
+        logp = kernels.decoder_log_prob(y, mu, torch.tensor(0.5, device=device))
+    logp.sum().backward()
+    tensor = 4 * 9 * y.element_size()
+    assert kernels.triton_bytes["decoder_layer"] < 2.5 * tensor, "reads y and mu, writes no deviations"
+    assert kernels.triton_bytes["decoder_layer_backward"] < 3.5 * tensor, "reads y and mu, writes only mu's gradient"
+
+
+def test_every_tuning_candidate_gives_the_same_answer_and_the_fastest_is_kept(device, monkeypatch):
+    """The GPU's candidate programs (rows per program, chunk widths), each forced in turn, against the reference;
+    then the choice: the fastest by the timer, timed once per key."""
+    from aef_hpc.kernels.fused import rowwise
+
+    monkeypatch.setattr(rowwise, "interpreting", lambda: False)
+    options = rowwise.candidates(40, 3000, True)
+    assert {c.rows for c in options} == {16} and {c.block for c in options} == set(rowwise.GPU_BLOCKS)
+    assert {c.rows for c in rowwise.candidates(40, 3000, False)} == {1}
+    for cfg in [options[0], options[-1]]:
+        monkeypatch.setattr(rowwise, "candidates", lambda *a, cfg=cfg: [cfg])
+        operands, leaves = _decoder_loss_cases(40, device)["independent"]
+        with use_kernels("triton"):
+            got = kernels.decoder_log_prob(*operands)
+        got.sum().backward()
+        grads = [leaf.grad.clone() for leaf in leaves]
+        for leaf in leaves:
+            leaf.grad = None
+        want = kernels.decoder_log_prob(*operands)
+        want.sum().backward()
+        _close(got, want, 105, torch.float64, f"{cfg}: log-density")
+        for g, leaf in zip(grads, leaves, strict=True):
+            _close(g, leaf.grad, 40, torch.float64, f"{cfg}: gradient")
+    ran = []
+
+    def timer(launch):  # stands in for CUDA-event timing: runs the launch, reports a made-up duration
+        launch()
+        return {0: 3.0, 1: 1.0, 2: 2.0}[len(ran) - 1]
+
+    monkeypatch.setattr(rowwise, "_tuned", {})
+    chosen = rowwise.choose(("test",), options[:3], ran.append, timer=timer)
+    assert chosen == options[1] and ran == options[:3]
+    assert rowwise.choose(("test",), options[:3], ran.append, timer=timer) == options[1] and len(ran) == 3, "cached"
+
+
+def test_mismatched_shapes_are_one_clear_error_before_anything_is_flattened(device):
+    with use_kernels("triton"), pytest.raises(ModelError, match=r"shapes \[\(3, 5\), \(3, 4\), \(5,\)\] do not broad"):
+        kernels.decoder_log_prob(torch.zeros(3, 5), torch.zeros(3, 4), torch.zeros(5))
+    with use_kernels("triton"), pytest.raises(ModelError, match="no batch dimension"):
+        kernels.encoder_layer(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(2.0), 1e-5)
+
+
+def test_import_aef_hpc_and_train_eager_without_triton_installed():
+    """``import aef_hpc`` never imports Triton; the eager path works without it and Triton modes say why not."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, aef_hpc\n"
+        "from aef_hpc import kernels\n"
+        "from aef_hpc.errors import ConfigError\n"
+        "model = aef_hpc.build_model('aef-center', (1, 8, 8), 2, architecture='small', hidden_channels=4)\n"
+        "model.loss(torch.rand(3, 1, 8, 8)).mean().backward()\n"
+        "assert 'triton' not in sys.modules or sys.modules['triton'] is None\n"
+        "try:\n"
+        "    kernels.check_available('triton', torch.device('cpu'))\n"
+        "except ConfigError as e:\n"
+        "    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "needs Triton, which is not installed" in proc.stdout

@@ -20,15 +20,19 @@ class AutoencoderWithinFlow(GenerativeAutoencoder):
         super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, alpha)
         self.core_flow = core_flow
 
-    def _embed_core(self, target, log_det, mu_e, sigma_e, core, mask=None) -> Embedding:
-        """``core -> (z0, deviations, log-density)``; ``log_det`` carries the terms computed before."""
+    def _embed_core(self, target, log_det, mu_e, sigma_e, core, mask=None, deviations=True) -> Embedding:
+        """``core -> (z0, deviations, log-density)``; ``log_det`` carries the terms computed before. Without
+        ``deviations`` (the loss path) the decoder layer writes none: ``Embedding.deviations`` is ``None``."""
         core, ld_core = self.core_flow(core)
         z, ld_enc = kernels.encoder_layer(mu_e, sigma_e, core, self.eps)
         mu_d, r_d = self.decoder(z)
-        deviations, log_p = kernels.decoder_layer(target, mu_d, r_d, mask, self.eps)
+        if deviations:
+            delta, log_p = kernels.decoder_layer(target, mu_d, r_d, mask, self.eps)
+        else:
+            delta, log_p = None, kernels.decoder_log_prob(target, mu_d, r_d, mask, self.eps)
         z0, ld_prior = self.prior_flow(z)
         log_prob = standard_normal_log_prob(z0) + log_p + log_det + ld_core + ld_enc + ld_prior
-        return Embedding(z0, deviations, log_prob)
+        return Embedding(z0, delta, log_prob)
 
     def _core_from(self, encoder_input: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Invert the encoder layer and the core flow: ``core = g((z - mu_E) / (sigma_E + eps))``."""

@@ -22,10 +22,10 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 class Embedding(NamedTuple):
     """The density-direction image of an input: prior base ``z0 [B, d]``, decoder deviations ``[B, C, H, W]``
-    (0 where they are not part of the bijection) and the log-density ``[B]`` the map assigns."""
+    (0 where they are not part of the bijection; ``None`` where not asked for) and the log-density ``[B]``."""
 
     z0: torch.Tensor
-    deviations: torch.Tensor
+    deviations: torch.Tensor | None
     log_prob: torch.Tensor
 
 

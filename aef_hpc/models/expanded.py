@@ -33,16 +33,17 @@ class ExpandedAEF(AutoencoderWithinFlow):
         """``W vec(y) + b`` for preprocessed images ``y``."""
         return self.expansion(y.flatten(1))
 
-    def embed(self, x, w: torch.Tensor | None = None) -> Embedding:
+    def embed(self, x, w: torch.Tensor | None = None, deviations: bool = True) -> Embedding:
         """``(x, w) -> (z0, deviations, log p(x, w))``; ``w`` defaults to the expansion point."""
         y, log_det, mu_e, sigma_e = self._context(x)
-        return self._embed_core(y, log_det, mu_e, sigma_e, self.expansion_point(y) if w is None else w)
+        core = self.expansion_point(y) if w is None else w
+        return self._embed_core(y, log_det, mu_e, sigma_e, core, deviations=deviations)
 
     def loss(self, x):
-        return -self.embed(x).log_prob
+        return -self.embed(x, deviations=False).log_prob
 
     def encode(self, x):
-        return self.embed(x).z0
+        return self.embed(x, deviations=False).z0
 
     def invert(self, latent, deviations):
         """Inverse of ``embed``: ``(z0, deviations) -> (x, w)``, through the preprocessed image ``y`` (the decoder's
@@ -70,7 +71,7 @@ class ExpandedAEF(AutoencoderWithinFlow):
         def log_weights(noise):
             k = noise.shape[0]
             w = (mean + std * noise).reshape(k * batch, -1)
-            log_p = self._embed_core(*tile(context, k), w).log_prob.view(k, batch)
+            log_p = self._embed_core(*tile(context, k), w, deviations=False).log_prob.view(k, batch)
             log_q = standard_normal_log_prob(noise.reshape(k * batch, -1)).view(k, batch) - self.latent_dim * math.log(
                 std
             )

@@ -25,23 +25,26 @@ class PartitionAEF(AutoencoderWithinFlow):
         super().__init__(image_shape, latent_dim, encoder, decoder, prior_flow, core_flow, alpha)
         self.mask_kind = mask
         self.register_buffer("mask", build_mask(mask, self.image_shape, latent_dim), persistent=False)
+        # the core's flat positions, row-major: index_select/index_copy need no host sync (a boolean mask does)
+        self.register_buffer("core_index", self.mask.flatten().nonzero().flatten(), persistent=False)
 
     @property
     def shell(self) -> torch.Tensor:
         """1 on shell entries, 0 on the core, ``[C, H, W]``."""
         return (~self.mask).to(next(self.parameters()).dtype)
 
-    def embed(self, x: torch.Tensor) -> Embedding:
-        """``x -> (z0, shell deviations, log p(x))``; deviations are 0 on the core."""
+    def embed(self, x: torch.Tensor, deviations: bool = True) -> Embedding:
+        """``x -> (z0, shell deviations, log p(x))``; deviations are 0 on the core (``None`` without
+        ``deviations``, the loss path)."""
         y, log_det = self.preprocess(self.check_input(x))
-        core = y.flatten(1)[:, self.mask.flatten()]
+        core = y.flatten(1).index_select(1, self.core_index)
         shell_mask = self.shell
         y_shell = y * shell_mask
         mu_e, sigma_e = self.encoder(y_shell)
-        return self._embed_core(y_shell, log_det, mu_e, sigma_e, core, shell_mask)
+        return self._embed_core(y_shell, log_det, mu_e, sigma_e, core, shell_mask, deviations)
 
     def log_prob(self, x):
-        return self.embed(x).log_prob
+        return self.embed(x, deviations=False).log_prob
 
     def loss(self, x):
         return -self.log_prob(x)
@@ -51,13 +54,12 @@ class PartitionAEF(AutoencoderWithinFlow):
         return self.log_prob(x)
 
     def encode(self, x):
-        return self.embed(x).z0
+        return self.embed(x, deviations=False).z0
 
     def decode(self, latent, deviations=None):
         """Inverse map: shell from the decoder, core by inverting the encoder layer on that shell."""
         z, _ = self.prior_flow.inverse(self.check_latent(latent, deviations))
         y_shell = self._decoder_output(z, deviations) * self.shell
         core = self._core_from(y_shell, z)
-        flat = y_shell.flatten(1).clone()
-        flat[:, self.mask.flatten()] = core
+        flat = y_shell.flatten(1).index_copy(1, self.core_index, core)
         return self.preprocess.inverse(flat.view_as(y_shell))[0]

@@ -28,7 +28,7 @@ class VAE(GenerativeAutoencoder):
         z, ld_post = self.posterior_flow.inverse(z_base)
         log_q = standard_normal_log_prob(noise) - ld_enc - ld_post
         mu_d, r_d = self.decoder(z)
-        _, log_lik = kernels.decoder_layer(y, mu_d, r_d, None, self.eps)
+        log_lik = kernels.decoder_log_prob(y, mu_d, r_d, None, self.eps)
         u, ld_prior = self.prior_flow(z)
         return log_lik + standard_normal_log_prob(u) + ld_prior - log_q + log_det
 

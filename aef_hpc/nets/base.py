@@ -51,4 +51,4 @@ class Decoder(nn.Module):
         if self.variance == "dependent":
             mu, r = out.chunk(2, dim=1)
             return mu, r
-        return out, self.raw_scale.to(out.dtype).expand_as(out)
+        return out, self.raw_scale.to(out.dtype)  # broadcast over the batch by the decoder layer, not expanded

@@ -1,0 +1,33 @@
+r"""Triton math of the decoder layer: with ``a = softplus(r) + eps`` and ``delta = (y - mu) / a``,
+``term = -delta^2 / 2 - log(2 pi) / 2 - log a``; backward, with ``g_delta = g - g_row delta`` (what reaches
+``delta``): ``gy = g_delta / a``, ``g_mu = -gy``, ``g_r = -sigmoid(r) (g_delta delta + g_row) / a`` (autograd's
+order of operations, so an infinite ``delta`` gives the reference's infinity, not inf - inf)."""
+
+import triton
+import triton.language as tl
+
+from .rowwise import Op
+
+
+@triton.jit
+def _scale(r, eps):
+    return tl.maximum(r, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(r))) + eps
+
+
+@triton.jit
+def _forward(y, mu, r, eps, half_log_2pi, FLAG: tl.constexpr):
+    a = _scale(r, eps)
+    delta = (y - mu) / a
+    return delta, -0.5 * delta * delta - half_log_2pi - tl.log(a)
+
+
+@triton.jit
+def _backward(y, mu, r, g, g_row, eps, half_log_2pi, FLAG: tl.constexpr):
+    a = _scale(r, eps)
+    delta = (y - mu) / a
+    g_delta = g - g_row * delta
+    gy = g_delta / a
+    return gy, -gy, -tl.sigmoid(r) * (g_delta * delta + g_row) / a
+
+
+OP = Op("decoder_layer", _forward, _backward)

@@ -1,0 +1,443 @@
+r"""The one Triton driver of every fused op: elementwise math over ``[rows, n]`` operands plus a sum per row.
+
+An op supplies two ``@triton.jit`` functions of up to three operands ``a, b, c`` and float constants ``K0, K1``
+(``constexpr``: they stay exact in float64, a float argument would be float32) and a ``FLAG``:
+
+- ``forward(a, b, c, K0, K1, FLAG) -> (out, term)``: the elementwise output and the term summed per row;
+- ``backward(a, b, c, g, g_row, K0, K1, FLAG) -> (ga, gb, gc)``: the gradients of
+  :math:`\sum_i g_i\,\mathrm{out}_i + g_{row} \sum_i \mathrm{term}_i` (``g`` is 0 when ``out`` has no gradient).
+
+Nothing but the inputs is saved; the backward recomputes from them. Minimum traffic on the model's loss path:
+
+- an operand broadcast over the batch (a ``[C, H, W]`` scale, a mask) is read from one row (row stride 0);
+- a row-strided view (``chunk`` of the channels) is read in place: only each row's entries must be contiguous;
+- ``out`` is written only when asked for (``want_out``), and its gradient read only when one arrives
+  (``set_materialize_grads(False)``);
+- a gradient is computed only for inputs that need one (``ctx.needs_input_grad``); one that equals the incoming
+  gradient is returned as it is (``identity``); one of an operand broadcast over the batch is summed over the
+  program's rows inside the kernel, leaving one partial row per program instead of a full-size gradient;
+- when a row fits one program its sum is written directly (one launch, no second reduction).
+
+A program covers ``ROWS`` rows × ``BLOCK`` columns; on a GPU the configuration is tuned per row length (the
+fastest of a few candidates, timed once per shape class and cached), the interpreter uses one wide chunk.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from aef_hpc.errors import ModelError
+
+from ..dispatch import interpreting, triton_bytes, triton_launches
+
+#: widest chunk and most rows one program takes under the interpreter (~2 ms per program: few, wide programs)
+INTERPRETER = {"block": 8192, "rows": 64}
+#: candidates on a GPU: chunk widths and warps; rows per program from the number of programs the grid needs
+GPU_BLOCKS = (512, 1024, 2048)
+GPU_WARPS = (4, 8)
+TUNE_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    block: int
+    rows: int
+    warps: int = 4
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    forward: Callable
+    backward: Callable
+
+
+@triton.jit
+def _forward(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    m_ptr,
+    out_ptr,
+    sum_ptr,
+    rows,
+    n,
+    chunks,
+    a_rs,
+    b_rs,
+    c_rs,
+    m_rs,
+    MATH: tl.constexpr,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    FLAG: tl.constexpr,
+    INPUTS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    WRITE_OUT: tl.constexpr,
+    ACC: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    chunk = tl.program_id(1)
+    cols = chunk * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    first = tl.program_id(0).to(tl.int64) * ROWS
+    for i in range(ROWS):
+        row = first + i
+        live = inside & (row < rows)
+        a = tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
+        if INPUTS == 3:
+            b = tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
+            c = tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
+        else:
+            b = a
+            c = a
+        out, term = MATH(a, b, c, K0, K1, FLAG)
+        if HAS_MASK:
+            w = tl.load(m_ptr + row * m_rs + cols, mask=live, other=0.0).to(ACC)
+            out = out * w
+            term = term * w
+        if WRITE_OUT:
+            tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=live)
+        tl.store(sum_ptr + row * chunks + chunk, tl.sum(tl.where(live, term, 0.0), axis=0), mask=row < rows)
+
+
+@triton.jit
+def _backward(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    m_ptr,
+    g_ptr,
+    grow_ptr,
+    ga_ptr,
+    gb_ptr,
+    gc_ptr,
+    rows,
+    n,
+    a_rs,
+    b_rs,
+    c_rs,
+    m_rs,
+    g_rs,
+    MATH: tl.constexpr,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    FLAG: tl.constexpr,
+    INPUTS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_G: tl.constexpr,
+    GA: tl.constexpr,
+    GB: tl.constexpr,
+    GC: tl.constexpr,
+    ACC: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``GA, GB, GC``: 0 no gradient, 1 one per entry, 2 summed over this program's rows (broadcast operand)."""
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    block_row = tl.program_id(0).to(tl.int64)
+    first = block_row * ROWS
+    sum_a = tl.zeros((BLOCK,), dtype=ACC)
+    sum_b = tl.zeros((BLOCK,), dtype=ACC)
+    sum_c = tl.zeros((BLOCK,), dtype=ACC)
+    for i in range(ROWS):
+        row = first + i
+        live = inside & (row < rows)
+        a = tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
+        if INPUTS == 3:
+            b = tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
+            c = tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
+        else:
+            b = a
+            c = a
+        g_row = tl.load(grow_ptr + row, mask=row < rows, other=0.0).to(ACC)
+        if HAS_G:
+            g = tl.load(g_ptr + row * g_rs + cols, mask=live, other=0.0).to(ACC)
+        else:
+            g = tl.zeros((BLOCK,), dtype=ACC)
+        if HAS_MASK:
+            w = tl.load(m_ptr + row * m_rs + cols, mask=live, other=0.0).to(ACC)
+            g = g * w
+            g_row = g_row * w
+        ga, gb, gc = MATH(a, b, c, g, g_row, K0, K1, FLAG)
+        if GA == 1:
+            tl.store(ga_ptr + row * n + cols, ga.to(ga_ptr.dtype.element_ty), mask=live)
+        if GA == 2:
+            sum_a += tl.where(live, ga, 0.0)
+        if GB == 1:
+            tl.store(gb_ptr + row * n + cols, gb.to(gb_ptr.dtype.element_ty), mask=live)
+        if GB == 2:
+            sum_b += tl.where(live, gb, 0.0)
+        if GC == 1:
+            tl.store(gc_ptr + row * n + cols, gc.to(gc_ptr.dtype.element_ty), mask=live)
+        if GC == 2:
+            sum_c += tl.where(live, gc, 0.0)
+    if GA == 2:
+        tl.store(ga_ptr + block_row * n + cols, sum_a, mask=inside)
+    if GB == 2:
+        tl.store(gb_ptr + block_row * n + cols, sum_b, mask=inside)
+    if GC == 2:
+        tl.store(gc_ptr + block_row * n + cols, sum_c, mask=inside)
+
+
+# -- operands ----------------------------------------------------------------------------------------------------
+def common_shape(name: str, tensors) -> torch.Size:
+    """The shape every operand broadcasts to, ``[B, ...]``; checked before anything is flattened."""
+    shapes = [tuple(t.shape) for t in tensors]
+    try:
+        full = torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        raise ModelError(f"{name}: operands of shapes {shapes} do not broadcast to one [batch, ...] shape") from None
+    if len(full) == 0:
+        raise ModelError(f"{name}: operands of shapes {shapes} have no batch dimension")
+    return full
+
+
+@dataclass
+class Rows:
+    """An operand as ``[rows, n]`` in memory: entry ``(row, i)`` at ``tensor + row * stride + i``."""
+
+    tensor: torch.Tensor
+    stride: int
+    reducible: bool  # broadcast over the batch by its shape: its gradient is one row summed over the rows
+
+    def nbytes(self, rows: int, n: int) -> int:
+        return (rows if self.stride else 1) * n * self.tensor.element_size()
+
+
+def as_rows(t: torch.Tensor, full: torch.Size) -> Rows:
+    """``t`` broadcast to ``full`` without copying when its rows are contiguous (any row stride) or shared."""
+    rows, n = full[0], math.prod(full[1:])
+    e = t.expand(full)
+    reducible = rows > 1 and (t.dim() < len(full) or t.shape[0] == 1)
+    if rows > 1 and e.stride(0) == 0:
+        return Rows(e[0].contiguous(), 0, reducible)  # one row (a copy only if the row itself is broadcast)
+    if e[0].is_contiguous():
+        return Rows(e, e.stride(0) if rows > 1 else n, reducible)
+    return Rows(e.reshape(rows, n).contiguous(), n, reducible)
+
+
+# -- configurations ----------------------------------------------------------------------------------------------
+_tuned: dict[tuple, Config] = {}
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def candidates(rows: int, n: int, reduces: bool) -> list[Config]:
+    """Configurations worth timing. Rows per program: 1 (many programs) unless a gradient is summed over the
+    rows, where 16 rows per program keep the partial sums at 1/16 of a full gradient."""
+    if interpreting():
+        block = max(16, min(INTERPRETER["block"], _pow2(n)))
+        return [Config(block, max(1, min(rows, INTERPRETER["rows"])))]
+    per_program = min(16, _pow2(rows)) if reduces else 1
+    blocks = [b for b in GPU_BLOCKS if b <= max(GPU_BLOCKS[0], _pow2(n))]
+    return [Config(b, per_program, w) for b in blocks for w in GPU_WARPS]
+
+
+def _time_ms(launch: Callable[[], None]) -> float:
+    launch()  # compiles
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(TUNE_REPEATS):
+        launch()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / TUNE_REPEATS
+
+
+def choose(key: tuple, options: list[Config], run: Callable[[Config], object], timer=_time_ms) -> Config:
+    """The fastest of ``options`` for ``key`` (timed once, then cached); a single option is taken as it is."""
+    if len(options) == 1:
+        return options[0]
+    if key not in _tuned:
+        _tuned[key] = min(options, key=lambda cfg: timer(lambda: run(cfg)))
+    return _tuned[key]
+
+
+def tuned_configs() -> dict[tuple, Config]:
+    """What tuning chose so far (for the benchmark's report)."""
+    return dict(_tuned)
+
+
+# -- autograd ----------------------------------------------------------------------------------------------------
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the operands' (``cuda:1`` works)."""
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
+
+
+def _compute(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+class RowwiseFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op, consts, flag, want_out, identity, mask, *operands):
+        full = common_shape(op.name, [*operands] + ([] if mask is None else [mask]))
+        rows, n = full[0], math.prod(full[1:])
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in operands])
+        views = [as_rows(t, full) for t in operands]
+        weights = None if mask is None else as_rows(mask.to(dtype), full)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        meta = dict(
+            MATH=op.forward,
+            K0=consts[0],
+            K1=consts[1],
+            FLAG=flag,
+            INPUTS=len(operands),
+            HAS_MASK=mask is not None,
+            WRITE_OUT=want_out,
+            ACC=_compute(dtype),
+        )
+        padded = [*views, *[views[0]] * (3 - len(views))]
+        mask_rows = weights or views[0]
+        device = operands[0].device
+        out = torch.empty((rows, n), dtype=dtype, device=device) if want_out else views[0].tensor
+
+        def run(cfg: Config):
+            chunks = -(-n // cfg.block)
+            sums = torch.empty((rows, chunks), dtype=acc, device=device)
+            grid = (-(-rows // cfg.rows), chunks)
+            with _on_device(out):
+                _forward[grid](
+                    *(v.tensor for v in padded),
+                    mask_rows.tensor,
+                    out,
+                    sums,
+                    rows,
+                    n,
+                    chunks,
+                    *(v.stride for v in padded),
+                    mask_rows.stride,
+                    ROWS=cfg.rows,
+                    BLOCK=cfg.block,
+                    num_warps=cfg.warps,
+                    **meta,
+                )
+            return sums
+
+        key = (op.name, "forward", flag, want_out, mask is not None, dtype, _pow2(n), _pow2(rows))
+        cfg = choose(key, candidates(rows, n, False), run)
+        sums = run(cfg)
+        triton_launches[op.name] += 1
+        moved = sum(v.nbytes(rows, n) for v in views) + (weights.nbytes(rows, n) if weights else 0)
+        moved += (rows * n * out.element_size() if want_out else 0) + sums.numel() * sums.element_size()
+        if sums.shape[1] == 1:
+            row_sums = sums.view(rows)
+        else:
+            row_sums = sums.sum(1)
+            moved += sums.numel() * sums.element_size() + rows * sums.element_size()
+        triton_bytes[op.name] += moved
+
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*(v.tensor for v in views), None if weights is None else weights.tensor)
+        ctx.acc, ctx.op, ctx.meta, ctx.want_out, ctx.identity, ctx.full = acc, op, meta, want_out, identity, full
+        ctx.strides = [v.stride for v in views] + [None if weights is None else weights.stride]
+        ctx.reducible = [v.reducible for v in views]
+        ctx.shapes, ctx.dtypes = [t.shape for t in operands], [t.dtype for t in operands]
+        if want_out:
+            return out.view(full), row_sums
+        return row_sums
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g_out, g_row = grads if ctx.want_out else (None, grads[0])
+        skipped = (None,) * 6
+        saved = ctx.saved_tensors
+        tensors, mask_tensor = saved[:-1], saved[-1]
+        needs = ctx.needs_input_grad[6:]
+        if g_out is None and g_row is None or not any(needs):
+            return (*skipped, *[None] * len(tensors))
+        full, op = ctx.full, ctx.op
+        rows, n = full[0], math.prod(full[1:])
+        device = tensors[0].device
+        acc = ctx.acc
+        g_row = torch.zeros(rows, dtype=acc, device=device) if g_row is None else g_row.contiguous()
+        g_rows = None if g_out is None else as_rows(g_out, full)
+        views = [Rows(t, s, r) for t, s, r in zip(tensors, ctx.strides, ctx.reducible, strict=False)]
+        identity = [ctx.identity[i] if i < len(ctx.identity) else False for i in range(len(views))]
+        modes = []
+        for view, need, same in zip(views, needs, identity, strict=True):
+            if not need or same:
+                modes.append(0)
+            else:
+                modes.append(2 if view.reducible else 1)
+        modes += [0] * (3 - len(modes))
+        padded = [*views, *[views[0]] * (3 - len(views))]
+        mask_rows = views[0] if mask_tensor is None else Rows(mask_tensor, ctx.strides[-1], False)
+        g_arg = g_rows or views[0]
+        meta = {k: v for k, v in ctx.meta.items() if k != "WRITE_OUT"}
+        meta.update(MATH=op.backward, HAS_G=g_out is not None, GA=modes[0], GB=modes[1], GC=modes[2])
+
+        def buffers(cfg: Config):
+            blocks = -(-rows // cfg.rows)
+            made = []
+            for mode, dtype in zip(modes, [*ctx.dtypes, *[acc] * 3], strict=False):
+                shape = (blocks, n) if mode == 2 else (rows, n)
+                made.append(torch.empty(shape, dtype=acc if mode == 2 else dtype, device=device) if mode else None)
+            return made
+
+        def run(cfg: Config):
+            out = buffers(cfg)
+            grid = (-(-rows // cfg.rows), -(-n // cfg.block))
+            with _on_device(g_row):
+                _backward[grid](
+                    *(v.tensor for v in padded),
+                    mask_rows.tensor,
+                    g_arg.tensor,
+                    g_row,
+                    *(o if o is not None else g_row for o in out),
+                    rows,
+                    n,
+                    *(v.stride for v in padded),
+                    mask_rows.stride,
+                    g_arg.stride,
+                    ROWS=cfg.rows,
+                    BLOCK=cfg.block,
+                    num_warps=cfg.warps,
+                    **meta,
+                )
+            return out
+
+        key = (op.name, "backward", ctx.meta["FLAG"], g_out is not None, tuple(modes), ctx.dtypes[0], _pow2(n))
+        cfg = choose(key, candidates(rows, n, 2 in modes), run)
+        out = run(cfg)
+        triton_launches[f"{op.name}_backward"] += 1
+        moved = sum(v.nbytes(rows, n) for v in views) + (0 if g_rows is None else g_rows.nbytes(rows, n))
+        moved += rows * g_row.element_size() + (0 if mask_tensor is None else mask_rows.nbytes(rows, n))
+
+        result = []
+        for i, (mode, grad) in enumerate(zip(modes, out, strict=False)):
+            if i >= len(views):
+                break
+            shape = ctx.shapes[i]
+            if mode == 1:
+                moved += grad.numel() * grad.element_size()
+                result.append(grad.view(full).sum_to_size(shape))
+            elif mode == 2:
+                moved += grad.numel() * grad.element_size()
+                if grad.shape[0] > 1:
+                    moved += grad.numel() * grad.element_size() + n * grad.element_size()
+                    grad = grad.sum(0)
+                result.append(grad.view(1, *full[1:]).to(ctx.dtypes[i]).sum_to_size(shape))
+            elif needs[i] and identity[i] and g_out is not None:
+                result.append(g_out.sum_to_size(shape))
+            else:
+                result.append(None)
+        triton_bytes[f"{op.name}_backward"] += moved
+        return (*skipped, *result)
+
+
+def rowwise(op: Op, operands, consts=(0.0, 0.0), flag: int = 0, want_out=True, identity=(), mask=None):
+    """Run ``op`` on ``operands`` (1 or 3 tensors broadcasting to ``[B, ...]``): ``(out, row sums [B])``, or
+    only the row sums without ``want_out``. ``identity[i]``: the gradient of operand ``i`` is the incoming one."""
+    return RowwiseFunction.apply(op, tuple(consts), flag, want_out, tuple(identity), mask, *operands)
