@@ -25,14 +25,15 @@ class ModelConfig:
     decoder_variance: str = "independent"
     """fixed | independent | dependent"""
     prior_flow: str = "none"
-    """none | maf | iaf"""
+    """none | maf | iaf | realnvp (affine coupling, parallel both ways; latent_dim >= 2)"""
     posterior_flow: str = "none"
-    """core flow of an AEF, posterior flow of a VAE: none | maf | iaf"""
+    """core flow of an AEF, posterior flow of a VAE: none | maf | iaf | realnvp"""
     alpha: float = 1e-6
     """logit squeeze: 1e-6 for MNIST-like data, 0.05 for colour images (method.md §1.1)"""
     flow_hidden: int = 256
     flow_layers: int = 4
     flow_blocks: int = 2
+    """residual MADE blocks per layer (maf, iaf); hidden layers of each coupling's conditioner (realnvp)"""
     proposal_std: float = 1.0
     """aef-linear importance-sampling proposal std (re-selected on validation data if eval.select_proposal_std)"""
     iwae_samples: int = 10
@@ -196,7 +197,11 @@ _POSITIVE = (
     "data.shuffle_buffer",
 )
 _POSITIVE_OR_NULL = ("train.checkpoint_every", "train.patience", "eval.limit", "train.skip_threshold")
+#: the kinds of ``aef_hpc.flows.build_flow``, repeated because the config sits below the flows (a test keeps them equal)
+FLOW_KINDS = ("none", "maf", "iaf", "realnvp")
 _CHOICES = {
+    "model.prior_flow": FLOW_KINDS,
+    "model.posterior_flow": FLOW_KINDS,
     "kernels": ("auto", "triton", "eager"),
     "engine": ("single", "ddp", "deepspeed"),
     "train.lr_schedule": ("constant", "cosine"),

@@ -1,9 +1,10 @@
 """Bijections in the density direction: ``forward(x) -> (y, logdet)``, ``inverse(y) -> (x, -logdet)``."""
 
 from .actnorm import ActNorm
-from .autoregressive import MaskedAffineAutoregressive, build_flow, masked_autoregressive_stack
+from .autoregressive import MaskedAffineAutoregressive, masked_autoregressive_stack
 from .base import Bijection, Composite, Identity, Inverse
-from .coupling import AffineCoupling
+from .build import FLOWS, build_flow
+from .coupling import AffineCoupling, coupling_stack
 from .logit import LogitPreprocess
 from .made import ResidualMADE
 from .permutation import ReversePermutation
@@ -13,6 +14,7 @@ __all__ = [
     "AffineCoupling",
     "Bijection",
     "Composite",
+    "FLOWS",
     "Identity",
     "Inverse",
     "LogitPreprocess",
@@ -20,5 +22,6 @@ __all__ = [
     "ResidualMADE",
     "ReversePermutation",
     "build_flow",
+    "coupling_stack",
     "masked_autoregressive_stack",
 ]

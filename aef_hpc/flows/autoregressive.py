@@ -8,10 +8,9 @@ inverse takes ``d`` sequential MADE passes. An IAF is the inverse of the same st
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
 from ..kernels import row_sum
 from .actnorm import ActNorm
-from .base import Bijection, Composite, Identity, Inverse
+from .base import Bijection, Composite
 from .made import ResidualMADE
 from .permutation import ReversePermutation
 
@@ -47,14 +46,3 @@ def masked_autoregressive_stack(features: int, hidden: int = 256, num_layers: in
     for _ in range(num_layers):
         layers += [ReversePermutation(), MaskedAffineAutoregressive(features, hidden, num_blocks), ActNorm(1)]
     return Composite(*layers)
-
-
-def build_flow(kind: str, features: int, hidden: int = 256, num_layers: int = 4, num_blocks: int = 2) -> Bijection:
-    """``'maf'`` (parallel density), ``'iaf'`` (parallel sampling) or ``'none'`` (identity)."""
-    if kind == "none":
-        return Identity()
-    if kind == "maf":
-        return masked_autoregressive_stack(features, hidden, num_layers, num_blocks)
-    if kind == "iaf":
-        return Inverse(masked_autoregressive_stack(features, hidden, num_layers, num_blocks))
-    raise ModelError(f"unknown flow {kind!r}: choose one of 'none', 'maf', 'iaf'")

@@ -30,9 +30,10 @@ def build_model(
 ) -> GenerativeAutoencoder:
     """Build ``aef-center | aef-corner | aef-checkerboard | aef-linear | vae | iwae``.
 
-    ``posterior_flow`` is the core flow ``g`` of an AEF and the posterior flow of a VAE; ``options`` may hold
-    ``flow_hidden`` (256), ``flow_layers`` (4), ``flow_blocks`` (2), the network widths ``hidden_channels``
-    (small) or ``hidden`` (mlp), ``proposal_std`` (aef-linear) and ``num_samples`` (iwae).
+    ``posterior_flow`` is the core flow ``g`` of an AEF and the posterior flow of a VAE; both flows are kinds of
+    ``aef_hpc.flows.FLOWS`` (none | maf | iaf | realnvp). ``options`` may hold ``flow_hidden`` (256), ``flow_layers``
+    (4), ``flow_blocks`` (2), the network widths ``hidden_channels`` (small) or ``hidden`` (mlp), ``proposal_std``
+    (aef-linear) and ``num_samples`` (iwae).
     Raises ``ModelError`` for unknown names and impossible combinations.
     """
     if name not in MODELS:
