@@ -306,6 +306,7 @@ def _same_specials(got, want, what):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True, msg=what)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, inside the interpreter
 @pytest.mark.parametrize("name", OPS)
 def test_nan_and_inf_in_give_the_references_nan_out_forward_and_backward(name, device):
     rows, cols = 3, 7

@@ -351,56 +351,50 @@ class RowwiseFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         g_out, g_row = grads if ctx.want_out else (None, grads[0])
-        skipped = (None,) * 6
-        saved = ctx.saved_tensors
-        tensors, mask_tensor = saved[:-1], saved[-1]
+        *tensors, mask_tensor = ctx.saved_tensors
         needs = ctx.needs_input_grad[6:]
         if g_out is None and g_row is None or not any(needs):
-            return (*skipped, *[None] * len(tensors))
-        full, op = ctx.full, ctx.op
+            return (None,) * (6 + len(tensors))
+        full, op, acc = ctx.full, ctx.op, ctx.acc
         rows, n = full[0], math.prod(full[1:])
         device = tensors[0].device
-        acc = ctx.acc
         g_row = torch.zeros(rows, dtype=acc, device=device) if g_row is None else g_row.contiguous()
-        g_rows = None if g_out is None else as_rows(g_out, full)
         views = [Rows(t, s, r) for t, s, r in zip(tensors, ctx.strides, ctx.reducible, strict=False)]
-        identity = [ctx.identity[i] if i < len(ctx.identity) else False for i in range(len(views))]
-        modes = []
-        for view, need, same in zip(views, needs, identity, strict=True):
-            if not need or same:
-                modes.append(0)
-            else:
-                modes.append(2 if view.reducible else 1)
+        incoming = views[0] if g_out is None else as_rows(g_out, full)  # unread without HAS_G
+        mask_rows = views[0] if mask_tensor is None else Rows(mask_tensor, ctx.strides[-1], False)
+        identity = [*ctx.identity, *[False] * (len(views) - len(ctx.identity))]
+        # 0: none (not needed, or the incoming gradient itself), 1: one per entry, 2: summed over the rows
+        modes = [
+            0 if not need or same else 2 if v.reducible else 1
+            for v, need, same in zip(views, needs, identity, strict=True)
+        ]
         modes += [0] * (3 - len(modes))
         padded = [*views, *[views[0]] * (3 - len(views))]
-        mask_rows = views[0] if mask_tensor is None else Rows(mask_tensor, ctx.strides[-1], False)
-        g_arg = g_rows or views[0]
         meta = {k: v for k, v in ctx.meta.items() if k != "WRITE_OUT"}
         meta.update(MATH=op.backward, HAS_G=g_out is not None, GA=modes[0], GB=modes[1], GC=modes[2])
 
-        def buffers(cfg: Config):
-            blocks = -(-rows // cfg.rows)
-            made = []
-            for mode, dtype in zip(modes, [*ctx.dtypes, *[acc] * 3], strict=False):
-                shape = (blocks, n) if mode == 2 else (rows, n)
-                made.append(torch.empty(shape, dtype=acc if mode == 2 else dtype, device=device) if mode else None)
-            return made
-
         def run(cfg: Config):
-            out = buffers(cfg)
-            grid = (-(-rows // cfg.rows), -(-n // cfg.block))
+            blocks = -(-rows // cfg.rows)
+            out = [
+                torch.empty((blocks, n), dtype=acc, device=device)
+                if mode == 2
+                else torch.empty((rows, n), dtype=dtype, device=device)
+                if mode == 1
+                else None
+                for mode, dtype in zip(modes, [*ctx.dtypes, acc, acc], strict=False)
+            ]
             with _on_device(g_row):
-                _backward[grid](
+                _backward[(blocks, -(-n // cfg.block))](
                     *(v.tensor for v in padded),
                     mask_rows.tensor,
-                    g_arg.tensor,
+                    incoming.tensor,
                     g_row,
-                    *(o if o is not None else g_row for o in out),
+                    *(g_row if o is None else o for o in out),
                     rows,
                     n,
                     *(v.stride for v in padded),
                     mask_rows.stride,
-                    g_arg.stride,
+                    incoming.stride,
                     ROWS=cfg.rows,
                     BLOCK=cfg.block,
                     num_warps=cfg.warps,
@@ -409,32 +403,28 @@ class RowwiseFunction(torch.autograd.Function):
             return out
 
         key = (op.name, "backward", ctx.meta["FLAG"], g_out is not None, tuple(modes), ctx.dtypes[0], _pow2(n))
-        cfg = choose(key, candidates(rows, n, 2 in modes), run)
-        out = run(cfg)
+        out = run(choose(key, candidates(rows, n, 2 in modes), run))
         triton_launches[f"{op.name}_backward"] += 1
-        moved = sum(v.nbytes(rows, n) for v in views) + (0 if g_rows is None else g_rows.nbytes(rows, n))
-        moved += rows * g_row.element_size() + (0 if mask_tensor is None else mask_rows.nbytes(rows, n))
-
+        moved = sum(v.nbytes(rows, n) for v in views) + g_row.numel() * g_row.element_size()
+        moved += (0 if g_out is None else incoming.nbytes(rows, n)) + (
+            0 if mask_tensor is None else mask_rows.nbytes(rows, n)
+        )
         result = []
-        for i, (mode, grad) in enumerate(zip(modes, out, strict=False)):
-            if i >= len(views):
-                break
+        for i, (mode, grad) in enumerate(zip(modes[: len(views)], out, strict=False)):
             shape = ctx.shapes[i]
-            if mode == 1:
+            if mode:
                 moved += grad.numel() * grad.element_size()
-                result.append(grad.view(full).sum_to_size(shape))
-            elif mode == 2:
-                moved += grad.numel() * grad.element_size()
-                if grad.shape[0] > 1:
-                    moved += grad.numel() * grad.element_size() + n * grad.element_size()
-                    grad = grad.sum(0)
-                result.append(grad.view(1, *full[1:]).to(ctx.dtypes[i]).sum_to_size(shape))
+            if mode == 2 and grad.shape[0] > 1:  # the programs' partial rows, added up
+                moved += grad.numel() * grad.element_size() + n * grad.element_size()
+                grad = grad.sum(0, keepdim=True)
+            if mode:
+                result.append(grad.view(-1, *full[1:]).to(ctx.dtypes[i]).sum_to_size(shape))
             elif needs[i] and identity[i] and g_out is not None:
                 result.append(g_out.sum_to_size(shape))
             else:
                 result.append(None)
         triton_bytes[f"{op.name}_backward"] += moved
-        return (*skipped, *result)
+        return (None,) * 6 + tuple(result)
 
 
 def rowwise(op: Op, operands, consts=(0.0, 0.0), flag: int = 0, want_out=True, identity=(), mask=None):
