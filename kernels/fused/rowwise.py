@@ -59,6 +59,17 @@ class Op:
 
 
 @triton.jit
+def _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS: tl.constexpr, ACC: tl.constexpr):
+    """One row's chunk of each operand in the compute dtype (a one-operand op gets ``a`` three times)."""
+    a = tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
+    if INPUTS == 1:
+        return a, a, a
+    b = tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
+    c = tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
+    return a, b, c
+
+
+@triton.jit
 def _forward(
     a_ptr,
     b_ptr,
@@ -91,13 +102,7 @@ def _forward(
     for i in range(ROWS):
         row = first + i
         live = inside & (row < rows)
-        a = tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
-        if INPUTS == 3:
-            b = tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
-            c = tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
-        else:
-            b = a
-            c = a
+        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS, ACC)
         out, term = MATH(a, b, c, K0, K1, FLAG)
         if HAS_MASK:
             w = tl.load(m_ptr + row * m_rs + cols, mask=live, other=0.0).to(ACC)
@@ -151,13 +156,7 @@ def _backward(
     for i in range(ROWS):
         row = first + i
         live = inside & (row < rows)
-        a = tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
-        if INPUTS == 3:
-            b = tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
-            c = tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
-        else:
-            b = a
-            c = a
+        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS, ACC)
         g_row = tl.load(grow_ptr + row, mask=row < rows, other=0.0).to(ACC)
         if HAS_G:
             g = tl.load(g_ptr + row * g_rs + cols, mask=live, other=0.0).to(ACC)
