@@ -179,10 +179,15 @@ def _shards(args) -> int:
 
 def _bench(args) -> int:
     if args.what == "kernels":
-        if args.cpu_smoke and os.environ.get("TRITON_INTERPRET") != "1":  # triton reads it at import: start anew
-            env = {**os.environ, "TRITON_INTERPRET": "1"}
+        if (args.cpu_smoke or args.traffic) and os.environ.get("TRITON_INTERPRET") != "1":
+            env = {**os.environ, "TRITON_INTERPRET": "1"}  # triton reads it at import: start anew
             os.execve(sys.executable, [sys.executable, "-m", "aef_hpc.cli", *args.argv], env)
-        from .kernels import bench as kernel_bench
+        if args.traffic:
+            from .bench.traffic import markdown, traffic_table
+
+            print(markdown(traffic_table()))
+            return 0
+        from .bench import kernels as kernel_bench
 
         out = args.out or "bench/kernels.csv"
         smoke = dict(
@@ -198,10 +203,12 @@ def _bench(args) -> int:
         rows = kernel_bench.run(out, plot, cpu_smoke=args.cpu_smoke, **(smoke if args.cpu_smoke else {}))
         for r in rows:
             print(
-                f"{r['op']:26s} {r['provider']:8s} {r['mode']:8s} {r['size']:10s} {r['ms']:>10.4f} ms"
-                f"  {r['gbps']:>8} GB/s  {r['frac_copy_bw']:>6} of copy  peak {r['peak_mb']} MB"
+                f"{r['op']:26s} {r['case']:11s} {r['provider']:8s} {r['mode']:8s} {r['size']:10s}"
+                f" p50 {r['ms_p50']:>10.4f} ms  {r['bytes_per_elem']:>6} B/elem (min {r['min_bytes_per_elem']})"
+                f"  {r['gbps']:>8} GB/s  {r['frac_copy_bw']:>6} of copy  {r['speedup_vs_eager']:>6}x eager"
+                f"  {r['speedup_vs_compile']:>6}x compile"
             )
-        print(f"wrote {out} and {out.replace('.csv', '.png')}")
+        print(f"wrote {out} and {plot}")
         return 0
     if args.what == "eval":
         from .bench import eval as eval_bench
@@ -336,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-smoke",
         action="store_true",
         help="kernels: a tiny run on the CPU (interpreter) that checks the benchmark itself, not speed",
+    )
+    bench.add_argument(
+        "--traffic",
+        action="store_true",
+        help="kernels: print the bytes per element each op moves (Triton, eager, minimum) as a markdown table, "
+        "measured under Triton's CPU interpreter; times nothing",
     )
     bench.set_defaults(func=_bench, overrides=[])
     return parser

@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+import torch
 
 from aef_hpc.bench import data
 
@@ -19,10 +20,10 @@ def test_bench_data_writes_csv(tmp_path, float32_default):
 
 def test_bench_kernels_cpu_smoke(tmp_path, float32_default):
     """The kernel benchmark's code path (interpreter timings are meaningless; a GPU gives the real numbers)."""
-    from aef_hpc.kernels import bench
+    from aef_hpc.bench import kernels
 
     out = tmp_path / "kernels.csv"
-    bench.run(
+    kernels.run(
         str(out),
         str(tmp_path / "kernels.png"),
         cpu_smoke=True,
@@ -30,22 +31,61 @@ def test_bench_kernels_cpu_smoke(tmp_path, float32_default):
         batch=3,
         providers=("triton", "eager"),
         warmup=0,
-        repeats=1,
+        repeats=3,
         copy_mb=1,
         model=dict(batch=2, latent=4, warmup=0, repeats=1, image=(3, 8, 8)),
     )
     rows = list(csv.DictReader(open(out)))
-    assert {r["op"] for r in rows} == {
-        "affine_coupling",
-        "decoder_layer",
-        "encoder_layer",
-        "logit",
-        "train_step_aef_linear_big",
+    assert {(r["op"], r["case"]) for r in rows} == {
+        ("affine_coupling", "full"),
+        ("decoder_layer", "full"),
+        ("encoder_layer", "full"),
+        ("logit", "full"),
+        ("decoder_loss", "independent"),
+        ("train_step_aef_linear_big", "step"),
     }
-    assert {(r["provider"], r["mode"]) for r in rows if r["op"] == "logit"} == {
+    assert {(r["provider"], r["mode"]) for r in rows if r["op"] == "decoder_loss"} == {
         (p, m) for p in ("triton", "eager") for m in ("forward", "backward", "full")
     }
+    for r in rows:
+        assert float(r["ms_p20"]) <= float(r["ms_p50"]) <= float(r["ms_p80"])
+        assert r["date"] and r["device"] and r["torch"] and r["triton"]
+    ops = [r for r in rows if r["op"] != "train_step_aef_linear_big"]
+    for r in ops:
+        assert float(r["bytes_per_elem"]) > 0 and float(r["min_bytes_per_elem"]) > 0
+        assert float(r["min_gbps"]) >= 0 and float(r["frac_copy_bw"]) >= 0  # not NaN (tiny: may round to 0)
+    loss = {(r["provider"], r["mode"]): r for r in ops if r["op"] == "decoder_loss"}
+    assert [float(loss["triton", m]["min_bytes_per_elem"]) for m in ("forward", "backward", "full")] == [8, 16, 24]
+    triton_rows = [r for r in rows if r["provider"] == "triton"]
+    assert all(float(r["speedup_vs_eager"]) > 0 for r in triton_rows)
+    assert all(r["speedup_vs_eager"] == "nan" for r in rows if r["provider"] == "eager")
     assert (tmp_path / "kernels.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+def test_kernel_runner_does_not_accumulate_gradients(provider):
+    """Two timed backward runs on one saved graph leave each leaf the gradient of one backward."""
+    from aef_hpc.bench.kernel_cases import CASES, Runner, make_inputs, provider_fn
+    from aef_hpc.bench.timing import time_runs
+
+    case = next(c for c in CASES if c.op == "decoder_loss")
+    leaves, grads = make_inputs(case, 3, 7, torch.device("cpu"), torch.float64)
+    runner = Runner(provider_fn(case, provider), leaves, grads)
+    time_runs(runner.mode("backward"), torch.device("cpu"), warmup=1, repeats=2, reset=runner.reset)
+    once = torch.autograd.grad(case.reference(*leaves), leaves, grads)
+    for leaf, expected in zip(leaves, once, strict=True):
+        torch.testing.assert_close(leaf.grad, expected)
+
+
+def test_traffic_table_of_the_decoder_loss_is_near_its_minimum():
+    """The Triton counter of the loss path: 24 bytes per float32 element forward+backward, within 10 %."""
+    from aef_hpc.bench.traffic import markdown, traffic_table
+
+    rows = traffic_table(torch.float32, batch=16, n=64)
+    full = next(r for r in rows if r["op"] == "decoder_loss" and r["mode"] == "full")
+    assert full["minimum"] == 24 and full["triton"] == pytest.approx(24, rel=0.1)
+    assert all(r["triton"] >= r["minimum"] for r in rows)
+    assert markdown(rows).count("\n") == len(rows) + 1
 
 
 def test_bench_scale_counts_what_each_rank_holds(tmp_path):

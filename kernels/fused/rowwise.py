@@ -59,13 +59,16 @@ class Op:
 
 
 @triton.jit
-def _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS: tl.constexpr, ACC: tl.constexpr):
-    """One row's chunk of each operand in the compute dtype (a one-operand op gets ``a`` three times)."""
-    a = tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
+def _load(
+    a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS: tl.constexpr, SKIP: tl.constexpr, ACC: tl.constexpr
+):
+    """One row's chunk of each operand in the compute dtype (a one-operand op gets ``a`` three times); the
+    operands in the bitmask ``SKIP`` (1: a, 2: b, 4: c) are not read: zeros."""
+    a = tl.zeros(cols.shape, ACC) if SKIP & 1 else tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)
     if INPUTS == 1:
         return a, a, a
-    b = tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
-    c = tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
+    b = tl.zeros(cols.shape, ACC) if SKIP & 2 else tl.load(b_ptr + row * b_rs + cols, mask=live, other=1.0).to(ACC)
+    c = tl.zeros(cols.shape, ACC) if SKIP & 4 else tl.load(c_ptr + row * c_rs + cols, mask=live, other=0.0).to(ACC)
     return a, b, c
 
 
@@ -89,6 +92,7 @@ def _forward(
     K1: tl.constexpr,
     FLAG: tl.constexpr,
     INPUTS: tl.constexpr,
+    SKIP: tl.constexpr,
     HAS_MASK: tl.constexpr,
     WRITE_OUT: tl.constexpr,
     ACC: tl.constexpr,
@@ -102,7 +106,7 @@ def _forward(
     for i in range(ROWS):
         row = first + i
         live = inside & (row < rows)
-        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS, ACC)
+        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS, SKIP, ACC)
         out, term = MATH(a, b, c, K0, K1, FLAG)
         if HAS_MASK:
             w = tl.load(m_ptr + row * m_rs + cols, mask=live, other=0.0).to(ACC)
@@ -136,6 +140,7 @@ def _backward(
     K1: tl.constexpr,
     FLAG: tl.constexpr,
     INPUTS: tl.constexpr,
+    SKIP: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_G: tl.constexpr,
     GA: tl.constexpr,
@@ -156,7 +161,7 @@ def _backward(
     for i in range(ROWS):
         row = first + i
         live = inside & (row < rows)
-        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS, ACC)
+        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, INPUTS, SKIP, ACC)
         g_row = tl.load(grow_ptr + row, mask=row < rows, other=0.0).to(ACC)
         if HAS_G:
             g = tl.load(g_ptr + row * g_rs + cols, mask=live, other=0.0).to(ACC)
@@ -293,6 +298,7 @@ class RowwiseFunction(torch.autograd.Function):
             K1=consts[1],
             FLAG=flag,
             INPUTS=len(operands),
+            SKIP=0,
             HAS_MASK=mask is not None,
             WRITE_OUT=want_out,
             ACC=_compute(dtype),
@@ -370,7 +376,9 @@ class RowwiseFunction(torch.autograd.Function):
         modes += [0] * (3 - len(modes))
         padded = [*views, *[views[0]] * (3 - len(views))]
         meta = {k: v for k, v in ctx.meta.items() if k != "WRITE_OUT"}
-        meta.update(MATH=op.backward, HAS_G=g_out is not None, GA=modes[0], GB=modes[1], GC=modes[2])
+        # an operand whose gradient is the incoming one (a shift) enters no other gradient: it is not read
+        skip = sum(1 << i for i, same in enumerate(identity) if same)
+        meta.update(MATH=op.backward, SKIP=skip, HAS_G=g_out is not None, GA=modes[0], GB=modes[1], GC=modes[2])
 
         def run(cfg: Config):
             blocks = -(-rows // cfg.rows)
@@ -404,7 +412,8 @@ class RowwiseFunction(torch.autograd.Function):
         key = (op.name, "backward", ctx.meta["FLAG"], g_out is not None, tuple(modes), ctx.dtypes[0], _pow2(n))
         out = run(choose(key, candidates(rows, n, 2 in modes), run))
         triton_launches[f"{op.name}_backward"] += 1
-        moved = sum(v.nbytes(rows, n) for v in views) + g_row.numel() * g_row.element_size()
+        moved = sum(v.nbytes(rows, n) for v, same in zip(views, identity, strict=True) if not same)
+        moved += g_row.numel() * g_row.element_size()
         moved += (0 if g_out is None else incoming.nbytes(rows, n)) + (
             0 if mask_tensor is None else mask_rows.nbytes(rows, n)
         )
