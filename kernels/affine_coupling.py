@@ -11,7 +11,7 @@ import torch
 
 from aef_hpc.errors import ModelError
 
-from ._rows import row_sum
+from ._rows import batch_shape, row_sum
 from .dispatch import wants_triton
 
 
@@ -48,6 +48,7 @@ def _fused(x, s_raw, t, clamp, inverse: bool):
 def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):
     """Density direction: ``(x * exp(s) + t, sum(s))`` with ``s = bound_log_scale(s_raw)``."""
     check_clamp(clamp)
+    batch_shape("affine_coupling", x, s_raw, t)
     if wants_triton(x, s_raw, t):
         return _fused(x, s_raw, t, clamp, False)
     return affine_coupling_reference(x, s_raw, t, clamp)
@@ -56,6 +57,7 @@ def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):
 def affine_coupling_inverse(y, s_raw, t, clamp: float | None = 2.0):
     """Sampling direction: ``((y - t) * exp(-s), -sum(s))``."""
     check_clamp(clamp)
+    batch_shape("affine_coupling_inverse", y, s_raw, t)
     if wants_triton(y, s_raw, t):
         return _fused(y, s_raw, t, clamp, True)
     return affine_coupling_reference(y, s_raw, t, clamp, inverse=True)

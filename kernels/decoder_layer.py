@@ -15,7 +15,7 @@ import math
 
 import torch.nn.functional as F
 
-from ._rows import row_sum
+from ._rows import batch_shape, row_sum
 from .dispatch import wants_triton
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -38,19 +38,25 @@ def _fused(y, mu, r, mask, eps, want_out):
     return rowwise(OP, (y, mu, r), (float(eps), _HALF_LOG_2PI), want_out=want_out, mask=mask)
 
 
+def _triton(y, mu, r, mask) -> bool:
+    """Shapes checked; a mask that needs a gradient (a learned weighting) takes the reference, which gives it one."""
+    batch_shape("decoder_layer", y, mu, r, mask)
+    return wants_triton(y, mu, r) and not (mask is not None and mask.requires_grad)
+
+
 def decoder_layer(y, mu, r, mask=None, eps: float = 1e-5):
     """Return ``(deviation, logp[B])``; ``mask`` (broadcastable, 1 = counted) zeroes the rest.
 
     Entries outside the mask get deviation 0 and add nothing to ``logp``.
     """
-    if wants_triton(y, mu, r, mask):
+    if _triton(y, mu, r, mask):
         return _fused(y, mu, r, mask, eps, True)
     return decoder_layer_reference(y, mu, r, mask, eps)
 
 
 def decoder_log_prob(y, mu, r, mask=None, eps: float = 1e-5):
     """``logp[B]`` of ``decoder_layer`` without the deviations: the training and evaluation path."""
-    if wants_triton(y, mu, r, mask):
+    if _triton(y, mu, r, mask):
         return _fused(y, mu, r, mask, eps, False)
     return decoder_layer_reference(y, mu, r, mask, eps)[1]
 

@@ -66,10 +66,11 @@ def _triton_installed() -> bool:
 
 
 def wants_triton(*tensors: torch.Tensor) -> bool:
-    """Whether the Triton path runs for these operands (``None`` entries are ignored); empty ones run eager."""
+    """Whether the Triton path runs for these operands (``None`` entries are ignored); empty or integer ones run
+    the reference."""
     mode = _state["mode"]
     present = [t for t in tensors if t is not None]
-    if mode == "eager" or any(t.numel() == 0 for t in present):
+    if mode == "eager" or any(t.numel() == 0 or not t.is_floating_point() for t in present):
         return False
     on_cuda = all(t.is_cuda for t in present)
     if mode == "auto":

@@ -5,7 +5,7 @@ family), the expansion variable (expanded family) or the reparameterisation nois
 gradients: ``fused/encoder_layer.py``.
 """
 
-from ._rows import row_sum
+from ._rows import batch_shape, row_sum
 from .dispatch import wants_triton
 
 
@@ -26,6 +26,7 @@ def _fused(mu, sigma, v, eps, inverse: bool):
 
 def encoder_layer(mu, sigma, core, eps: float):
     """Density direction core -> latent: ``(mu + (sigma + eps) * core, sum log(sigma + eps))``."""
+    batch_shape("encoder_layer", mu, sigma, core)
     if wants_triton(mu, sigma, core):
         return _fused(mu, sigma, core, eps, False)
     return encoder_layer_reference(mu, sigma, core, eps)
@@ -33,6 +34,7 @@ def encoder_layer(mu, sigma, core, eps: float):
 
 def encoder_layer_inverse(mu, sigma, z, eps: float):
     """Sampling direction latent -> core: ``((z - mu) / (sigma + eps), -sum log(sigma + eps))``."""
+    batch_shape("encoder_layer_inverse", mu, sigma, z)
     if wants_triton(mu, sigma, z):
         return _fused(mu, sigma, z, eps, True)
     return encoder_layer_reference(mu, sigma, z, eps, inverse=True)

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._rows import row_sum
+from ._rows import batch_shape, row_sum
 from .dispatch import wants_triton
 
 CLAMP = 1e-6
@@ -28,6 +28,7 @@ def logit_preprocess_reference(x, alpha: float):
 
 def logit_preprocess(x, alpha: float):
     """Return ``(u, logdet[B])`` for dequantized pixels ``x`` in [0, 1]."""
+    batch_shape("logit", x)
     if wants_triton(x):
         from .fused.logit import OP
         from .fused.rowwise import rowwise

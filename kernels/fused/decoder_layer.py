@@ -11,7 +11,12 @@ from .rowwise import Op
 
 @triton.jit
 def _scale(r, eps):
-    return tl.maximum(r, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(r))) + eps
+    """``softplus(r) + eps = max(r, 0) + log1p(e^-|r|) + eps``, with log1p by Goldberg's trick
+    (``log(u) e / (u - 1)``, ``u = 1 + e``): ``log(1 + e)`` alone loses all digits of ``e`` for ``r << 0``."""
+    e = tl.exp(-tl.abs(r))
+    u = 1.0 + e
+    d = u - 1.0  # e as rounded into u; 0 where e vanished in it (then log1p(e) = e)
+    return tl.maximum(r, 0.0) + tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d))) + eps
 
 
 @triton.jit

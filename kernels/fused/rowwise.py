@@ -34,6 +34,7 @@ import triton.language as tl
 
 from aef_hpc.errors import ModelError
 
+from .._rows import batch_shape
 from ..dispatch import interpreting, triton_bytes, triton_launches
 
 #: widest chunk and most rows one program takes under the interpreter (~2 ms per program: few, wide programs)
@@ -193,40 +194,35 @@ def _backward(
 
 
 # -- operands ----------------------------------------------------------------------------------------------------
-def common_shape(name: str, tensors) -> torch.Size:
-    """The shape every operand broadcasts to, ``[B, ...]``; checked before anything is flattened."""
-    shapes = [tuple(t.shape) for t in tensors]
-    try:
-        full = torch.broadcast_shapes(*shapes)
-    except RuntimeError:
-        raise ModelError(f"{name}: operands of shapes {shapes} do not broadcast to one [batch, ...] shape") from None
-    if len(full) == 0:
-        raise ModelError(f"{name}: operands of shapes {shapes} have no batch dimension")
-    return full
-
-
 @dataclass
 class Rows:
     """An operand as ``[rows, n]`` in memory: entry ``(row, i)`` at ``tensor + row * stride + i``."""
 
     tensor: torch.Tensor
     stride: int
-    reducible: bool  # broadcast over the batch by its shape: its gradient is one row summed over the rows
+    reducible: bool = False  # broadcast over the batch by its shape: its gradient is one row summed over the rows
+    copied: int = 0  # bytes read and written to make ``tensor`` (0: a view of the operand)
 
     def nbytes(self, rows: int, n: int) -> int:
         return (rows if self.stride else 1) * n * self.tensor.element_size()
 
 
-def as_rows(t: torch.Tensor, full: torch.Size) -> Rows:
-    """``t`` broadcast to ``full`` without copying when its rows are contiguous (any row stride) or shared."""
+def as_rows(t: torch.Tensor, full: torch.Size, dtype: torch.dtype | None = None) -> Rows:
+    """``t`` broadcast to ``full`` (in ``dtype``, if given) without copying when its rows are contiguous (any row
+    stride) or shared by every row; otherwise the least copy, counted in ``copied``."""
     rows, n = full[0], math.prod(full[1:])
-    e = t.expand(full)
+    e = t.expand(full) if dtype is None or t.dtype == dtype else t.to(dtype).expand(full)
+    copied = 0 if e.dtype == t.dtype else t.numel() * (t.element_size() + e.element_size())
     reducible = rows > 1 and (t.dim() < len(full) or t.shape[0] == 1)
     if rows > 1 and e.stride(0) == 0:
-        return Rows(e[0].contiguous(), 0, reducible)  # one row (a copy only if the row itself is broadcast)
+        row = e[0]
+        if not row.is_contiguous():  # broadcast inside the row too (a [C, 1, 1] scale): one row is made
+            row = row.contiguous()
+            copied += n * e.element_size()
+        return Rows(row, 0, reducible, copied)
     if e[0].is_contiguous():
-        return Rows(e, e.stride(0) if rows > 1 else n, reducible)
-    return Rows(e.reshape(rows, n).contiguous(), n, reducible)
+        return Rows(e, e.stride(0) if rows > 1 else n, reducible, copied)
+    return Rows(e.reshape(rows, n).contiguous(), n, reducible, copied + 2 * rows * n * e.element_size())
 
 
 # -- configurations ----------------------------------------------------------------------------------------------
@@ -248,7 +244,15 @@ def candidates(rows: int, n: int, reduces: bool) -> list[Config]:
     return [Config(b, per_program, w) for b in blocks for w in GPU_WARPS]
 
 
+def tuning_key(op: Op, direction: str, meta: dict, dtype: torch.dtype, rows: int, n: int, reduces: bool) -> tuple:
+    """What the best configuration depends on: the kernel and its compile-time flags, the dtype, the row length
+    and, where a gradient is summed over rows (the candidates depend on it), the number of rows."""
+    flags = tuple(sorted((k, v) for k, v in meta.items() if k not in ("MATH", "ACC")))
+    return op.name, direction, flags, dtype, _pow2(n), _pow2(rows) if reduces else 0
+
+
 def _time_ms(launch: Callable[[], None]) -> float:
+    """Mean milliseconds of a launch on the current device (the caller makes it the operands')."""
     launch()  # compiles
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -273,25 +277,31 @@ def tuned_configs() -> dict[tuple, Config]:
     return dict(_tuned)
 
 
-# -- autograd ----------------------------------------------------------------------------------------------------
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the operands' (``cuda:1`` works)."""
-    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
+def _tuned_run(key: tuple, options: list[Config], run: Callable[[Config], object], device: torch.device):
+    """Choose (timing on the operands' device: Triton launches on the current one, so ``cuda:1`` works) and run."""
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        return run(choose(key, options, run))
 
 
 def _compute(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+# -- autograd ----------------------------------------------------------------------------------------------------
 class RowwiseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op, consts, flag, want_out, identity, mask, *operands):
-        full = common_shape(op.name, [*operands] + ([] if mask is None else [mask]))
+        full = batch_shape(op.name, *operands, mask)
         rows, n = full[0], math.prod(full[1:])
-        dtype = functools.reduce(torch.promote_types, [t.dtype for t in operands])
-        views = [as_rows(t, full) for t in operands]
-        weights = None if mask is None else as_rows(mask.to(dtype), full)
+        floats = [*operands] + ([mask] if mask is not None and mask.is_floating_point() else [])
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in floats])
         acc = torch.float64 if dtype == torch.float64 else torch.float32
+        views = [as_rows(t, full) for t in operands]
+        weights = None if mask is None else as_rows(mask, full, dtype)
         meta = dict(
             MATH=op.forward,
             K0=consts[0],
@@ -304,50 +314,50 @@ class RowwiseFunction(torch.autograd.Function):
             ACC=_compute(dtype),
         )
         padded = [*views, *[views[0]] * (3 - len(views))]
-        mask_rows = weights or views[0]
+        mask_rows = weights or views[0]  # unread without HAS_MASK
         device = operands[0].device
         out = torch.empty((rows, n), dtype=dtype, device=device) if want_out else views[0].tensor
 
         def run(cfg: Config):
             chunks = -(-n // cfg.block)
             sums = torch.empty((rows, chunks), dtype=acc, device=device)
-            grid = (-(-rows // cfg.rows), chunks)
-            with _on_device(out):
-                _forward[grid](
-                    *(v.tensor for v in padded),
-                    mask_rows.tensor,
-                    out,
-                    sums,
-                    rows,
-                    n,
-                    chunks,
-                    *(v.stride for v in padded),
-                    mask_rows.stride,
-                    ROWS=cfg.rows,
-                    BLOCK=cfg.block,
-                    num_warps=cfg.warps,
-                    **meta,
-                )
+            _forward[(-(-rows // cfg.rows), chunks)](
+                *(v.tensor for v in padded),
+                mask_rows.tensor,
+                out,
+                sums,
+                rows,
+                n,
+                chunks,
+                *(v.stride for v in padded),
+                mask_rows.stride,
+                ROWS=cfg.rows,
+                BLOCK=cfg.block,
+                num_warps=cfg.warps,
+                **meta,
+            )
             return sums
 
-        key = (op.name, "forward", flag, want_out, mask is not None, dtype, _pow2(n), _pow2(rows))
-        cfg = choose(key, candidates(rows, n, False), run)
-        sums = run(cfg)
+        key = tuning_key(op, "forward", meta, dtype, rows, n, False)
+        sums = _tuned_run(key, candidates(rows, n, False), run, device)
         triton_launches[op.name] += 1
-        moved = sum(v.nbytes(rows, n) for v in views) + (weights.nbytes(rows, n) if weights else 0)
-        moved += (rows * n * out.element_size() if want_out else 0) + sums.numel() * sums.element_size()
+        loaded = views + ([weights] if weights else [])
+        moved = sum(v.nbytes(rows, n) + v.copied for v in loaded) + _nbytes(sums)
+        moved += rows * n * out.element_size() if want_out else 0
         if sums.shape[1] == 1:
             row_sums = sums.view(rows)
         else:
             row_sums = sums.sum(1)
-            moved += sums.numel() * sums.element_size() + rows * sums.element_size()
+            moved += _nbytes(sums) + _nbytes(row_sums)
         triton_bytes[op.name] += moved
 
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*(v.tensor for v in views), None if weights is None else weights.tensor)
-        ctx.acc, ctx.op, ctx.meta, ctx.want_out, ctx.identity, ctx.full = acc, op, meta, want_out, identity, full
-        ctx.strides = [v.stride for v in views] + [None if weights is None else weights.stride]
-        ctx.reducible = [v.reducible for v in views]
+        # an operand whose gradient is the incoming one (a shift) enters no other gradient: neither saved nor read
+        kept = [None if i < len(identity) and identity[i] else v.tensor for i, v in enumerate(views)]
+        ctx.save_for_backward(*kept, None if weights is None else weights.tensor)
+        ctx.acc, ctx.dtype, ctx.op, ctx.meta, ctx.want_out, ctx.identity = acc, dtype, op, meta, want_out, identity
+        ctx.full, ctx.strides, ctx.reducible = full, [v.stride for v in views], [v.reducible for v in views]
+        ctx.mask_stride = None if weights is None else weights.stride
         ctx.shapes, ctx.dtypes = [t.shape for t in operands], [t.dtype for t in operands]
         if want_out:
             return out.view(full), row_sums
@@ -355,6 +365,11 @@ class RowwiseFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        if torch.is_grad_enabled():  # create_graph=True: the gradients would silently lack their own gradients
+            raise ModelError(
+                f"{ctx.op.name}: the fused Triton ops have no second derivative (create_graph=True): "
+                "use kernels=eager for higher-order gradients"
+            )
         g_out, g_row = grads if ctx.want_out else (None, grads[0])
         *tensors, mask_tensor = ctx.saved_tensors
         needs = ctx.needs_input_grad[6:]
@@ -362,12 +377,15 @@ class RowwiseFunction(torch.autograd.Function):
             return (None,) * (6 + len(tensors))
         full, op, acc = ctx.full, ctx.op, ctx.acc
         rows, n = full[0], math.prod(full[1:])
-        device = tensors[0].device
+        device = g_out.device if g_row is None else g_row.device
         g_row = torch.zeros(rows, dtype=acc, device=device) if g_row is None else g_row.contiguous()
-        views = [Rows(t, s, r) for t, s, r in zip(tensors, ctx.strides, ctx.reducible, strict=False)]
+        identity = [*ctx.identity, *[False] * (len(tensors) - len(ctx.identity))]
+        views = [
+            Rows(g_row, 0) if same else Rows(t, s, r)  # a skipped operand: any pointer, never read
+            for t, s, r, same in zip(tensors, ctx.strides, ctx.reducible, identity, strict=True)
+        ]
         incoming = views[0] if g_out is None else as_rows(g_out, full)  # unread without HAS_G
-        mask_rows = views[0] if mask_tensor is None else Rows(mask_tensor, ctx.strides[-1], False)
-        identity = [*ctx.identity, *[False] * (len(views) - len(ctx.identity))]
+        mask_rows = views[0] if mask_tensor is None else Rows(mask_tensor, ctx.mask_stride)
         # 0: none (not needed, or the incoming gradient itself), 1: one per entry, 2: summed over the rows
         modes = [
             0 if not need or same else 2 if v.reducible else 1
@@ -376,61 +394,58 @@ class RowwiseFunction(torch.autograd.Function):
         modes += [0] * (3 - len(modes))
         padded = [*views, *[views[0]] * (3 - len(views))]
         meta = {k: v for k, v in ctx.meta.items() if k != "WRITE_OUT"}
-        # an operand whose gradient is the incoming one (a shift) enters no other gradient: it is not read
         skip = sum(1 << i for i, same in enumerate(identity) if same)
         meta.update(MATH=op.backward, SKIP=skip, HAS_G=g_out is not None, GA=modes[0], GB=modes[1], GC=modes[2])
+        # one per entry in the input's dtype when it is the compute dtype's, else in the accumulation dtype
+        stored = [d if d == ctx.dtype else acc for d in ctx.dtypes] + [acc] * (3 - len(ctx.dtypes))
 
         def run(cfg: Config):
             blocks = -(-rows // cfg.rows)
             out = [
-                torch.empty((blocks, n), dtype=acc, device=device)
-                if mode == 2
-                else torch.empty((rows, n), dtype=dtype, device=device)
-                if mode == 1
+                torch.empty((blocks if mode == 2 else rows, n), dtype=acc if mode == 2 else dtype, device=device)
+                if mode
                 else None
-                for mode, dtype in zip(modes, [*ctx.dtypes, acc, acc], strict=False)
+                for mode, dtype in zip(modes, stored, strict=True)
             ]
-            with _on_device(g_row):
-                _backward[(blocks, -(-n // cfg.block))](
-                    *(v.tensor for v in padded),
-                    mask_rows.tensor,
-                    incoming.tensor,
-                    g_row,
-                    *(g_row if o is None else o for o in out),
-                    rows,
-                    n,
-                    *(v.stride for v in padded),
-                    mask_rows.stride,
-                    incoming.stride,
-                    ROWS=cfg.rows,
-                    BLOCK=cfg.block,
-                    num_warps=cfg.warps,
-                    **meta,
-                )
+            _backward[(blocks, -(-n // cfg.block))](
+                *(v.tensor for v in padded),
+                mask_rows.tensor,
+                incoming.tensor,
+                g_row,
+                *(g_row if o is None else o for o in out),
+                rows,
+                n,
+                *(v.stride for v in padded),
+                mask_rows.stride,
+                incoming.stride,
+                ROWS=cfg.rows,
+                BLOCK=cfg.block,
+                num_warps=cfg.warps,
+                **meta,
+            )
             return out
 
-        key = (op.name, "backward", ctx.meta["FLAG"], g_out is not None, tuple(modes), ctx.dtypes[0], _pow2(n))
-        out = run(choose(key, candidates(rows, n, 2 in modes), run))
+        key = tuning_key(op, "backward", meta, ctx.dtype, rows, n, 2 in modes)
+        out = _tuned_run(key, candidates(rows, n, 2 in modes), run, device)
         triton_launches[f"{op.name}_backward"] += 1
         moved = sum(v.nbytes(rows, n) for v, same in zip(views, identity, strict=True) if not same)
-        moved += g_row.numel() * g_row.element_size()
-        moved += (0 if g_out is None else incoming.nbytes(rows, n)) + (
-            0 if mask_tensor is None else mask_rows.nbytes(rows, n)
-        )
+        moved += _nbytes(g_row) + (0 if g_out is None else incoming.nbytes(rows, n) + incoming.copied)
+        moved += 0 if mask_tensor is None else mask_rows.nbytes(rows, n)
         result = []
         for i, (mode, grad) in enumerate(zip(modes[: len(views)], out, strict=False)):
-            shape = ctx.shapes[i]
-            if mode:
-                moved += grad.numel() * grad.element_size()
-            if mode == 2 and grad.shape[0] > 1:  # the programs' partial rows, added up
-                moved += grad.numel() * grad.element_size() + n * grad.element_size()
-                grad = grad.sum(0, keepdim=True)
-            if mode:
-                result.append(grad.view(-1, *full[1:]).to(ctx.dtypes[i]).sum_to_size(shape))
-            elif needs[i] and identity[i] and g_out is not None:
-                result.append(g_out.sum_to_size(shape))
-            else:
+            if not (needs[i] and (mode or identity[i] and g_out is not None)):
                 result.append(None)
+                continue
+            if mode:
+                moved += _nbytes(grad)
+            if mode == 2 and grad.shape[0] > 1:  # the programs' partial rows, added up
+                grad = grad.sum(0, keepdim=True)
+                moved += _nbytes(out[i]) + _nbytes(grad)
+            grad = g_out if not mode else grad.view(-1, *full[1:])
+            shaped = grad.to(ctx.dtypes[i]).sum_to_size(ctx.shapes[i])
+            if shaped.data_ptr() != grad.data_ptr():  # a conversion or a sum the kernel could not do
+                moved += _nbytes(grad) + _nbytes(shaped)
+            result.append(shaped)
         triton_bytes[f"{op.name}_backward"] += moved
         return (None,) * 6 + tuple(result)
 
