@@ -1,0 +1,72 @@
+"""Compile the fused ops' Triton kernels for a GPU that is not here: frontend, LLVM and ``ptxas`` (Triton's own
+copy) for ``sm_90``, for every op, direction and dtype the models use. Triton's interpreter, which runs the
+numerical tests on the CPU, executes Python and cannot see compile errors; this can. Run without
+``TRITON_INTERPRET`` (the test starts it in a fresh process); prints ``compiled N kernels``."""
+
+import sys
+
+import triton
+import triton.language as tl
+from aef_hpc.kernels.fused import affine_coupling, decoder_layer, encoder_layer, logit, rowwise
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+#: (op, K0, K1, FLAG, SKIP of its backward): each direction and variant a model runs
+VARIANTS = [
+    (decoder_layer.OP, 1e-5, 0.9189385332046727, 0, 0),
+    (encoder_layer.OP, 1e-5, 0.0, 0, 1),  # density direction: mu's gradient is the incoming one
+    (encoder_layer.OP, 1e-5, 0.0, 1, 0),
+    (affine_coupling.OP, 2.0, 0.0, 0, 4),  # t's gradient is the incoming one
+    (affine_coupling.OP, 2.0, 0.0, 1, 0),
+    (affine_coupling.OP, 0.0, 0.0, 0, 4),  # unbounded log-scale
+    (logit.OP, 0.05, 1e-6, 0, 0),
+]
+#: dtype -> forward WRITE_OUT choices and backward (GA, GB, GC, HAS_G) choices
+PLANS = {
+    "fp32": ([True, False], [(1, 1, 2, True), (0, 1, 0, False)]),
+    "fp64": ([True], [(1, 1, 1, True)]),
+    "bf16": ([False], [(0, 1, 2, True)]),
+}
+
+
+def _signature(kernel, dtype: str, constexprs: dict) -> dict:
+    accumulator = "*fp64" if dtype == "fp64" else "*fp32"
+    signature = {}
+    for p in kernel.params:
+        if p.name in constexprs:
+            signature[p.name] = "constexpr"
+        elif p.name.endswith("_ptr"):
+            signature[p.name] = accumulator if p.name in ("sum_ptr", "grow_ptr") else f"*{dtype}"
+        else:
+            signature[p.name] = "i32"
+    return signature
+
+
+def compile_for(target: GPUTarget, kernel, dtype: str, constexprs: dict):
+    key = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
+    return triton.compile(ASTSource(kernel, _signature(kernel, dtype, constexprs), key), target=target)
+
+
+def main() -> int:
+    target = GPUTarget("cuda", 90, 32)
+    count = 0
+    for op, k0, k1, flag, skip in VARIANTS:
+        inputs = 1 if op is logit.OP else 3
+        masks = (True, False) if op is decoder_layer.OP else (False,)
+        for dtype, (writes, backwards) in PLANS.items():
+            common = dict(K0=k0, K1=k1, FLAG=flag, INPUTS=inputs, ACC=tl.float64 if dtype == "fp64" else tl.float32)
+            for mask in masks:
+                for write in writes:
+                    meta = dict(common, MATH=op.forward, SKIP=0, HAS_MASK=mask, WRITE_OUT=write, ROWS=1, BLOCK=1024)
+                    compile_for(target, rowwise._forward, dtype, meta)
+                    count += 1
+                for ga, gb, gc, has_g in backwards:
+                    meta = dict(common, MATH=op.backward, SKIP=skip, HAS_MASK=mask, HAS_G=has_g, ROWS=16, BLOCK=512)
+                    compile_for(target, rowwise._backward, dtype, dict(meta, GA=ga, GB=gb, GC=gc))
+                    count += 1
+    print(f"compiled {count} kernels for sm_90")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
