@@ -3,6 +3,8 @@ copy) for ``sm_90``, for every op, direction and dtype the models use. Triton's 
 numerical tests on the CPU, executes Python and cannot see compile errors; this can. Run without
 ``TRITON_INTERPRET`` (the test starts it in a fresh process); prints ``compiled N kernels``."""
 
+import math
+import re
 import sys
 
 import triton
@@ -47,8 +49,20 @@ def compile_for(target: GPUTarget, kernel, dtype: str, constexprs: dict):
     return triton.compile(ASTSource(kernel, _signature(kernel, dtype, constexprs), key), target=target)
 
 
+def check_float64_constants(target: GPUTarget) -> None:
+    """A float argument is float32 in a compiled kernel; the ops' constants are ``constexpr`` so that a float64
+    kernel holds them exactly: the decoder's log(2 pi) / 2 to 17 digits, and no float32 constant at all."""
+    meta = dict(MATH=decoder_layer.OP.forward, K0=1e-5, K1=0.5 * math.log(2 * math.pi), FLAG=0, INPUTS=3, SKIP=0)
+    meta.update(HAS_MASK=False, WRITE_OUT=False, ACC=tl.float64, ROWS=1, BLOCK=1024)
+    ir = compile_for(target, rowwise._forward, "fp64", meta).asm["ttir"]
+    constants = set(re.findall(r"dense<([^>]*)> : tensor<1024x(f\d+)>", ir))
+    assert ("0.91893853320467266", "f64") in constants and ("1.000000e-05", "f64") in constants, constants
+    assert not [c for c in constants if c[1] != "f64"], constants
+
+
 def main() -> int:
     target = GPUTarget("cuda", 90, 32)
+    check_float64_constants(target)
     count = 0
     for op, k0, k1, flag, skip in VARIANTS:
         inputs = 1 if op is logit.OP else 3
@@ -64,7 +78,7 @@ def main() -> int:
                     meta = dict(common, MATH=op.backward, SKIP=skip, HAS_MASK=mask, HAS_G=has_g, ROWS=16, BLOCK=512)
                     compile_for(target, rowwise._backward, dtype, dict(meta, GA=ga, GB=gb, GC=gc))
                     count += 1
-    print(f"compiled {count} kernels for sm_90")
+    print(f"compiled {count} kernels for sm_90; float64 constants exact")
     return 0
 
 

@@ -564,7 +564,8 @@ def test_the_tuning_key_separates_what_the_candidates_depend_on(monkeypatch):
 def test_every_kernel_variant_compiles_for_a_gpu(tmp_path):
     """The interpreter runs the kernels as Python and cannot see compile errors: compile every op, direction and
     dtype the models use for sm_90 (Triton's frontend, LLVM and its bundled ptxas), in a fresh process without
-    ``TRITON_INTERPRET``. No GPU is needed; a cold compile takes ~10 s (then Triton's cache)."""
+    ``TRITON_INTERPRET``, and check that a float64 kernel holds its constants in float64. No GPU is needed; a
+    cold compile takes ~10 s (then Triton's cache)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -573,4 +574,4 @@ def test_every_kernel_variant_compiles_for_a_gpu(tmp_path):
     script = Path(__file__).with_name("compile_kernels.py")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "compiled 64 kernels for sm_90" in proc.stdout
+    assert "compiled 64 kernels for sm_90; float64 constants exact" in proc.stdout
