@@ -14,12 +14,15 @@ Nothing but the inputs is saved; the backward recomputes from them. Minimum traf
 - ``out`` is written only when asked for (``want_out``), and its gradient read only when one arrives
   (``set_materialize_grads(False)``);
 - a gradient is computed only for inputs that need one (``ctx.needs_input_grad``); one that equals the incoming
-  gradient is returned as it is (``identity``); one of an operand broadcast over the batch is summed over the
-  program's rows inside the kernel, leaving one partial row per program instead of a full-size gradient;
+  gradient is returned as it is (``identity``: a shift, which the backward then neither keeps nor reads); one of
+  an operand broadcast over the batch is summed over the program's rows inside the kernel, leaving one partial
+  row per program instead of a full-size gradient;
 - when a row fits one program its sum is written directly (one launch, no second reduction).
 
 A program covers ``ROWS`` rows × ``BLOCK`` columns; on a GPU the configuration is tuned per row length (the
 fastest of a few candidates, timed once per shape class and cached), the interpreter uses one wide chunk.
+``tests/compile_kernels.py`` compiles every variant for sm_90 without a GPU. The fused ops have first
+derivatives only: ``create_graph=True`` through one is an error.
 """
 
 import functools
