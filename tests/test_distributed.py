@@ -142,7 +142,8 @@ def test_two_rank_zero3_resumes_on_two_and_exports_to_one(tmp_path, float32_defa
     shown = launch([aef_hpc_exe(), "eval", str(exported), "eval.limit=64", "train.device=cpu"]).stdout
     ours = json.loads(next((tmp_path / "r" / "eval").glob("*-test/summary.json")).read_text())
     theirs = json.loads(next((exported.parent / "eval").glob("*-test/summary.json")).read_text())
-    assert theirs["nll_nats"] == ours["nll_nats"] and f"{ours['nll_nats']:.3f}" in shown
+    # float32 on other batches (2 ranks vs 1 process): equal to the per-image tolerance below, not bit for bit
+    assert theirs["nll_nats"] == pytest.approx(ours["nll_nats"], rel=1e-5) and f"{theirs['nll_nats']:.3f}" in shown
     # the ZeRO-3 run evaluated on 2 ranks without an export == the export evaluated in one process, image by image
     launch([aef_hpc_exe(), "eval", str(exported), "train.device=cpu", "eval.limit=null"])
     launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
