@@ -5,6 +5,7 @@ digits by default); ``aef-hpc`` alone prints the help. Errors from bad input pri
 """
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -190,45 +191,15 @@ def _bench(args) -> int:
         from .bench import kernels as kernel_bench
 
         out = args.out or "bench/kernels.csv"
-        smoke = dict(
-            sizes={"784": 784},
-            batch=4,
-            providers=("triton", "eager"),
-            warmup=1,
-            repeats=2,
-            copy_mb=8,
-            model=dict(batch=2, latent=8, warmup=0, repeats=1, image=(3, 8, 8)),
-        )
         plot = out.replace(".csv", ".png")
-        rows = kernel_bench.run(out, plot, cpu_smoke=args.cpu_smoke, **(smoke if args.cpu_smoke else {}))
-        for r in rows:
-            print(
-                f"{r['op']:26s} {r['case']:11s} {r['provider']:8s} {r['mode']:8s} {r['size']:10s}"
-                f" p50 {r['ms_p50']:>10.4f} ms  {r['bytes_per_elem']:>6} B/elem (min {r['min_bytes_per_elem']})"
-                f"  {r['gbps']:>8} GB/s  {r['frac_copy_bw']:>6} of copy  {r['speedup_vs_eager']:>6}x eager"
-                f"  {r['speedup_vs_compile']:>6}x compile"
-            )
+        smoke = kernel_bench.SMOKE if args.cpu_smoke else {}
+        print(kernel_bench.table(kernel_bench.run(out, plot, cpu_smoke=args.cpu_smoke, **smoke)))
         print(f"wrote {out} and {plot}")
         return 0
-    if args.what == "eval":
-        from .bench import eval as eval_bench
-
-        out = args.out or "bench/eval.csv"
-        print(eval_bench.table(eval_bench.run(out)))
-        print(f"wrote {out}")
-        return 0
-    if args.what == "scale":
-        from .bench import scale
-
-        out = args.out or "bench/scale.csv"
-        print(scale.table(scale.run(out)))
-        print(f"wrote {out}")
-        return 0
-    if args.what == "train":
-        from .bench import train as train_bench
-
-        out = args.out or "bench/train.csv"
-        print(train_bench.table(train_bench.run(out)))
+    if args.what in ("eval", "scale", "train"):  # each module: run(out) -> rows, table(rows) -> text
+        bench = importlib.import_module(f".bench.{args.what}", __package__)
+        out = args.out or f"bench/{args.what}.csv"
+        print(bench.table(bench.run(out)))
         print(f"wrote {out}")
         return 0
     from .bench import data

@@ -5,9 +5,14 @@ import torch
 from aef_hpc.errors import ModelError
 
 
-def acc_dtype(t: torch.Tensor) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; float32, bf16 and fp16 accumulate in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """``accumulation_dtype`` of a tensor."""
+    return accumulation_dtype(t.dtype)
 
 
 def row_sum(t: torch.Tensor) -> torch.Tensor:

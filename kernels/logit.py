@@ -19,11 +19,20 @@ from .dispatch import wants_triton
 CLAMP = 1e-6
 
 
+def _squeeze_logdet(t, alpha: float) -> float:
+    """The affine squeeze's per-row log-det, ``D log(1 - 2 alpha)``."""
+    return t[0].numel() * math.log(1 - 2 * alpha)
+
+
+def _logit_logdet(u, alpha: float):
+    """``log|J|`` per row of the density direction from its output: ``sum softplus(u) + softplus(-u)`` + squeeze."""
+    return row_sum(F.softplus(u) + F.softplus(-u)) + _squeeze_logdet(u, alpha)
+
+
 def logit_preprocess_reference(x, alpha: float):
     s = (alpha + (1 - 2 * alpha) * x).clamp(CLAMP, 1 - CLAMP)
     u = torch.log(s) - torch.log1p(-s)
-    per_row = x[0].numel() * math.log(1 - 2 * alpha)
-    return u, row_sum(F.softplus(u) + F.softplus(-u)) + per_row
+    return u, _logit_logdet(u, alpha)
 
 
 def logit_preprocess(x, alpha: float):
@@ -34,12 +43,10 @@ def logit_preprocess(x, alpha: float):
         from .fused.rowwise import rowwise
 
         u, logdet = rowwise(OP, (x,), (float(alpha), CLAMP))
-        return u, logdet + x[0].numel() * math.log(1 - 2 * alpha)
+        return u, logdet + _squeeze_logdet(x, alpha)
     return logit_preprocess_reference(x, alpha)
 
 
 def logit_preprocess_inverse(u, alpha: float):
     """Return ``(x, -logdet[B])``: ``x = (sigmoid(u) - alpha) / (1 - 2 alpha)``, not clamped."""
-    x = (torch.sigmoid(u) - alpha) / (1 - 2 * alpha)
-    per_row = u[0].numel() * math.log(1 - 2 * alpha)
-    return x, -(row_sum(F.softplus(u) + F.softplus(-u)) + per_row)
+    return (torch.sigmoid(u) - alpha) / (1 - 2 * alpha), -_logit_logdet(u, alpha)

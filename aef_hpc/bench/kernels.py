@@ -130,6 +130,29 @@ def add_speedups(rows: list[dict]) -> None:
             r[f"speedup_vs_{other}"] = round(theirs / mine, 3) if theirs and mine else math.nan
 
 
+#: ``--cpu-smoke``: one small size, Triton (the interpreter) and eager, few runs: checks the code, not speed
+SMOKE = dict(
+    sizes={"784": 784},
+    batch=4,
+    providers=("triton", "eager"),
+    warmup=1,
+    repeats=2,
+    copy_mb=8,
+    model=dict(batch=2, latent=8, warmup=0, repeats=1, image=(3, 8, 8)),
+)
+
+
+def table(rows: list[dict]) -> str:
+    """One line per row: p50 time, bytes per element against the minimum, bandwidth and speed-ups."""
+    return "\n".join(
+        f"{r['op']:26s} {r['case']:11s} {r['provider']:8s} {r['mode']:8s} {r['size']:10s}"
+        f" p50 {r['ms_p50']:>10.4f} ms  {r['bytes_per_elem']:>6} B/elem (min {r['min_bytes_per_elem']})"
+        f"  {r['gbps']:>8} GB/s  {r['frac_copy_bw']:>6} of copy  {r['speedup_vs_eager']:>6}x eager"
+        f"  {r['speedup_vs_compile']:>6}x compile"
+        for r in rows
+    )
+
+
 def _device(cpu_smoke: bool) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -43,6 +43,7 @@ from torch import nn
 from ..data import dequantize
 from ..models import build_model
 from .report import write_csv
+from .timing import sync
 
 CASES = {
     "small": dict(shape=(1, 28, 28), architecture="small", latent_dim=2, batch=128, alpha=1e-6),
@@ -104,11 +105,6 @@ def _warm_up_torch() -> None:
     net(torch.rand(2, 1, 4, 4)).square().mean().backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
     optimizer.step()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _kernels_on(device: torch.device) -> str:
@@ -220,10 +216,10 @@ def _measure(row, model_name, case, mode, batch, warmup, repeats, device, part) 
         step = torch.compile(step)
     loss = None
     for i in range(max(warmup, 1) if mode == "compiled" else warmup):  # a compile always happens in warm-up
-        _sync(device)
+        sync(device)
         begin = time.perf_counter()
         loss = step()
-        _sync(device)
+        sync(device)
         if i == 0:
             row["first_step_s"] = round(time.perf_counter() - begin, 3)
             if mode == "compiled":
@@ -236,10 +232,10 @@ def _measure(row, model_name, case, mode, batch, warmup, repeats, device, part) 
         hwm_reset = _reset_hwm()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         begin = time.perf_counter()
         loss = step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - begin)
     if loss is not None:  # the batch mean; a non-finite loss would make the timings suspect
         row["final_loss"] = round(loss.item(), 3)

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from aef_hpc.errors import ModelError
 
-from .._rows import batch_shape
+from .._rows import accumulation_dtype, batch_shape
 from ..dispatch import interpreting, triton_bytes, triton_launches
 
 #: widest chunk and most rows one program takes under the interpreter (~2 ms per program: few, wide programs)
@@ -302,7 +302,7 @@ class RowwiseFunction(torch.autograd.Function):
         rows, n = full[0], math.prod(full[1:])
         floats = [*operands] + ([mask] if mask is not None and mask.is_floating_point() else [])
         dtype = functools.reduce(torch.promote_types, [t.dtype for t in floats])
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(dtype)
         views = [as_rows(t, full) for t in operands]
         weights = None if mask is None else as_rows(mask, full, dtype)
         meta = dict(
