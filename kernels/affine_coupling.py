@@ -42,7 +42,7 @@ def _fused(x, s_raw, t, clamp, inverse: bool):
 
     bound = 0.0 if clamp is None else float(clamp)  # 0: unbounded (a valid clamp is positive)
     # density direction: the gradient of t is the incoming one
-    return rowwise(OP, (x, s_raw, t), (bound, 0.0), int(inverse), identity=(False, False, not inverse))
+    return rowwise(OP, (x, s_raw, t), (bound, 0.0), int(inverse), passthrough=(False, False, not inverse))
 
 
 def affine_coupling(x, s_raw, t, clamp: float | None = 2.0):

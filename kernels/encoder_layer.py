@@ -21,7 +21,7 @@ def _fused(mu, sigma, v, eps, inverse: bool):
     from .fused.rowwise import rowwise
 
     # density direction: the gradient of mu is the incoming one
-    return rowwise(OP, (mu, sigma, v), (float(eps), 0.0), int(inverse), identity=(not inverse,))
+    return rowwise(OP, (mu, sigma, v), (float(eps), 0.0), int(inverse), passthrough=(not inverse,))
 
 
 def encoder_layer(mu, sigma, core, eps: float):

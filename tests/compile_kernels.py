@@ -9,11 +9,11 @@ import sys
 
 import triton
 import triton.language as tl
-from aef_hpc.kernels.fused import affine_coupling, decoder_layer, encoder_layer, logit, rowwise
+from aef_hpc.kernels.fused import affine_coupling, decoder_layer, encoder_layer, logit, programs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-#: (op, K0, K1, FLAG, SKIP of its backward): each direction and variant a model runs
+#: (op, CONST_A, CONST_B, VARIANT, UNREAD of its backward): each direction and variant a model runs
 VARIANTS = [
     (decoder_layer.OP, 1e-5, 0.9189385332046727, 0, 0),
     (encoder_layer.OP, 1e-5, 0.0, 0, 1),  # density direction: mu's gradient is the incoming one
@@ -23,7 +23,7 @@ VARIANTS = [
     (affine_coupling.OP, 0.0, 0.0, 0, 4),  # unbounded log-scale
     (logit.OP, 0.05, 1e-6, 0, 0),
 ]
-#: dtype -> forward WRITE_OUT choices and backward (GA, GB, GC, HAS_G) choices
+#: dtype -> forward WRITE_OUT choices and backward (GRAD_A, GRAD_B, GRAD_C, HAS_GRAD_OUT) choices
 PLANS = {
     "fp32": ([True, False], [(1, 1, 2, True), (0, 1, 0, False)]),
     "fp64": ([True], [(1, 1, 1, True)]),
@@ -38,7 +38,7 @@ def _signature(kernel, dtype: str, constexprs: dict) -> dict:
         if p.name in constexprs:
             signature[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            signature[p.name] = accumulator if p.name in ("sum_ptr", "grow_ptr") else f"*{dtype}"
+            signature[p.name] = accumulator if p.name in ("partial_ptr", "grow_ptr") else f"*{dtype}"
         else:
             signature[p.name] = "i32"
     return signature
@@ -52,9 +52,9 @@ def compile_for(target: GPUTarget, kernel, dtype: str, constexprs: dict):
 def check_float64_constants(target: GPUTarget) -> None:
     """A float argument is float32 in a compiled kernel; the ops' constants are ``constexpr`` so that a float64
     kernel holds them exactly: the decoder's log(2 pi) / 2 to 17 digits, and no float32 constant at all."""
-    meta = dict(MATH=decoder_layer.OP.forward, K0=1e-5, K1=0.5 * math.log(2 * math.pi), FLAG=0, INPUTS=3, SKIP=0)
-    meta.update(HAS_MASK=False, WRITE_OUT=False, ACC=tl.float64, ROWS=1, BLOCK=1024)
-    ir = compile_for(target, rowwise._forward, "fp64", meta).asm["ttir"]
+    meta = dict(MATH=decoder_layer.OP.forward, CONST_A=1e-5, CONST_B=0.5 * math.log(2 * math.pi), VARIANT=0)
+    meta.update(OPERANDS=3, UNREAD=0, HAS_MASK=False, WRITE_OUT=False, ACC=tl.float64, ROWS=1, BLOCK=1024, PARTIAL=512)
+    ir = compile_for(target, programs.forward_program, "fp64", meta).asm["ttir"]
     constants = set(re.findall(r"dense<([^>]*)> : tensor<1024x(f\d+)>", ir))
     assert ("0.91893853320467266", "f64") in constants and ("1.000000e-05", "f64") in constants, constants
     assert not [c for c in constants if c[1] != "f64"], constants
@@ -64,19 +64,21 @@ def main() -> int:
     target = GPUTarget("cuda", 90, 32)
     check_float64_constants(target)
     count = 0
-    for op, k0, k1, flag, skip in VARIANTS:
+    for op, const_a, const_b, variant, unread in VARIANTS:
         inputs = 1 if op is logit.OP else 3
         masks = (True, False) if op is decoder_layer.OP else (False,)
         for dtype, (writes, backwards) in PLANS.items():
-            common = dict(K0=k0, K1=k1, FLAG=flag, INPUTS=inputs, ACC=tl.float64 if dtype == "fp64" else tl.float32)
+            common = dict(CONST_A=const_a, CONST_B=const_b, VARIANT=variant, OPERANDS=inputs)
+            common.update(ACC=tl.float64 if dtype == "fp64" else tl.float32)
             for mask in masks:
                 for write in writes:
-                    meta = dict(common, MATH=op.forward, SKIP=0, HAS_MASK=mask, WRITE_OUT=write, ROWS=1, BLOCK=1024)
-                    compile_for(target, rowwise._forward, dtype, meta)
+                    meta = dict(common, MATH=op.forward, UNREAD=0, HAS_MASK=mask, WRITE_OUT=write, ROWS=1, BLOCK=1024)
+                    compile_for(target, programs.forward_program, dtype, dict(meta, PARTIAL=512))
                     count += 1
-                for ga, gb, gc, has_g in backwards:
-                    meta = dict(common, MATH=op.backward, SKIP=skip, HAS_MASK=mask, HAS_G=has_g, ROWS=16, BLOCK=512)
-                    compile_for(target, rowwise._backward, dtype, dict(meta, GA=ga, GB=gb, GC=gc))
+                for grad_a, grad_b, grad_c, has_grad_out in backwards:
+                    meta = dict(common, MATH=op.backward, UNREAD=unread, HAS_MASK=mask, HAS_GRAD_OUT=has_grad_out, ROWS=16)
+                    meta.update(GRAD_A=grad_a, GRAD_B=grad_b, GRAD_C=grad_c, BLOCK=512)
+                    compile_for(target, programs.backward_program, dtype, meta)
                     count += 1
     print(f"compiled {count} kernels for sm_90; float64 constants exact")
     return 0

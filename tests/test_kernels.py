@@ -150,9 +150,9 @@ def test_interpreter_path_is_really_taken(device):
     if device.type != "cpu":
         pytest.skip("the interpreter is the CPU path")
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.fused import programs
 
-    assert isinstance(rowwise._forward, triton.runtime.interpreter.InterpretedFunction)
+    assert isinstance(programs.forward_program, triton.runtime.interpreter.InterpretedFunction)
     before = triton_launches["decoder_layer"]
     with use_kernels("triton"):
         kernels.decoder_layer(torch.randn(2, 3), torch.zeros(2, 3), torch.zeros(2, 3))
@@ -208,10 +208,11 @@ def test_training_with_triton_matches_eager(name, device, float32_default):
 @pytest.mark.parametrize("name", OPS)
 def test_rows_split_into_many_chunks(name, device, monkeypatch):
     """The GPU launch (many chunks per row, partial sums added afterwards), forced with small chunks."""
-    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.fused import tuning
 
-    monkeypatch.setitem(rowwise.INTERPRETER, "block", 64)
-    monkeypatch.setitem(rowwise.INTERPRETER, "rows", 2)
+    monkeypatch.setitem(tuning.PARTIAL, "width", 16)
+    monkeypatch.setitem(tuning.INTERPRETER, "block", 64)
+    monkeypatch.setitem(tuning.INTERPRETER, "rows", 2)
     test_op_matches_float64_reference(name, 3, 1000, torch.float32, device)
 
 
@@ -352,10 +353,11 @@ def test_the_loss_path_matches_the_reference_without_deviations(variance, rows, 
     """``decoder_log_prob``: values and gradients of every operand as the models pass them, several programs of
     rows (the broadcast gradient summed per program, then over programs) and chunks per row."""
     from aef_hpc.kernels.decoder_layer import decoder_layer_reference
-    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.fused import tuning
 
-    monkeypatch.setitem(rowwise.INTERPRETER, "block", 64)
-    monkeypatch.setitem(rowwise.INTERPRETER, "rows", 16)
+    monkeypatch.setitem(tuning.PARTIAL, "width", 32)
+    monkeypatch.setitem(tuning.INTERPRETER, "block", 64)
+    monkeypatch.setitem(tuning.INTERPRETER, "rows", 16)
     operands, leaves = _decoder_loss_cases(rows, device)[variance]
     weights = torch.randn(rows, generator=torch.Generator().manual_seed(3)).to(device)
     results = []
@@ -378,10 +380,10 @@ def test_the_loss_path_matches_the_reference_without_deviations(variance, rows, 
 def test_the_loss_path_moves_within_ten_percent_of_the_minimum(device, monkeypatch):
     """float32 decoder loss path at 64 x 4,099 with the GPU's program shape (16 rows × 1,024 columns): the minimum
     is 8 bytes per entry forward (read y, mu) and 16 backward (read y, mu; write their gradients), 24 in all."""
-    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.fused import tuning
 
-    monkeypatch.setitem(rowwise.INTERPRETER, "block", 1024)
-    monkeypatch.setitem(rowwise.INTERPRETER, "rows", 16)
+    monkeypatch.setitem(tuning.INTERPRETER, "block", 1024)
+    monkeypatch.setitem(tuning.INTERPRETER, "rows", 16)
     rows, n = 64, 4099
     y, mu = (torch.randn(rows, n, dtype=torch.float32, device=device, requires_grad=True) for _ in range(2))
     r = torch.zeros(n, dtype=torch.float32, device=device, requires_grad=True)
@@ -404,39 +406,63 @@ def test_a_fixed_scale_gets_no_gradient_and_no_deviations_are_written(device):
     assert kernels.triton_bytes["decoder_layer_backward"] < 3.5 * tensor, "reads y and mu, writes only mu's gradient"
 
 
-def test_every_tuning_candidate_gives_the_same_answer_and_the_fastest_is_kept(device, monkeypatch):
-    """The GPU's candidate programs (rows per program, chunk widths), each forced in turn, against the reference;
-    then the choice: the fastest by the timer, timed once per key."""
-    from aef_hpc.kernels.fused import rowwise
+def _forced(monkeypatch, tuning, direction, cfg):
+    """``cfg`` for the programs of ``direction``, the first candidate for the other direction's."""
+    candidates = tuning.candidates
+    monkeypatch.setattr(tuning, "candidates", lambda d, *a: [cfg] if d == direction else candidates(d, *a)[:1])
 
-    monkeypatch.setattr(rowwise, "interpreting", lambda: False)
-    options = rowwise.candidates(40, 3000, True)
-    assert {c.rows for c in options} == {16} and {c.block for c in options} == set(rowwise.GPU_BLOCKS)
-    assert {c.rows for c in rowwise.candidates(40, 3000, False)} == {1}
-    for cfg in [options[0], options[-1]]:
-        monkeypatch.setattr(rowwise, "candidates", lambda *a, cfg=cfg: [cfg])
-        operands, leaves = _decoder_loss_cases(40, device)["independent"]
-        with use_kernels("triton"):
-            got = kernels.decoder_log_prob(*operands)
-        got.sum().backward()
-        grads = [leaf.grad.clone() for leaf in leaves]
+
+def test_every_tuning_candidate_gives_bit_identical_results(device, monkeypatch):
+    """The GPU's candidate programs (chunk widths, rows per program, warps), each forced in turn: values and
+    gradients bit for bit the same (the tuner's timing race cannot change a log-density or a gradient), and equal
+    to the reference."""
+    from aef_hpc.kernels.fused import tuning
+
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    rows, n = 40, 3000  # 6 partial sums per row: chunks of 1, 2 and 4 of them
+    forward = tuning.candidates("forward", rows, n, False)
+    backward = tuning.candidates("backward", rows, n, True)
+    assert {c.block for c in forward} == set(tuning.GPU_BLOCKS) and {c.rows for c in forward} == {1}
+    assert {c.rows for c in backward} == {16} and {c.block for c in backward} == set(tuning.GPU_BLOCKS)
+    assert len({c.warps for c in forward}) == 1 and len({c.warps for c in backward}) == len(tuning.GPU_WARPS)
+    gen = torch.Generator().manual_seed(5)
+    y, mu = (torch.randn(rows, n, generator=gen, dtype=torch.float32).to(device) for _ in range(2))
+    r = torch.randn(n, generator=gen, dtype=torch.float32).to(device)
+    leaves = [mu.requires_grad_(), r.requires_grad_()]
+    weights = torch.randn(rows, generator=gen, dtype=torch.float32).to(device)
+    results = []
+    for direction, cfg in [("forward", c) for c in forward] + [("backward", c) for c in backward]:
+        _forced(monkeypatch, tuning, direction, cfg)
         for leaf in leaves:
             leaf.grad = None
-        want = kernels.decoder_log_prob(*operands)
-        want.sum().backward()
-        _close(got, want, 105, torch.float64, f"{cfg}: log-density")
-        for g, leaf in zip(grads, leaves, strict=True):
-            _close(g, leaf.grad, 40, torch.float64, f"{cfg}: gradient")
+        with use_kernels("triton"):
+            logp = kernels.decoder_log_prob(y, mu, r)
+        (logp * weights).sum().backward()
+        results.append((cfg, logp.detach(), [leaf.grad.clone() for leaf in leaves]))
+    _, first, first_grads = results[0]
+    for cfg, logp, grads in results[1:]:
+        assert torch.equal(logp, first), f"{cfg}: the log-density differs from {results[0][0]}'s"
+        for g, w in zip(grads, first_grads, strict=True):
+            assert torch.equal(g, w), f"{cfg}: a gradient differs from {results[0][0]}'s"
+    want = decoder_layer_reference(y.double(), mu.detach().double(), r.detach().double(), None, 1e-5)[1]
+    _close(first, want, n, torch.float32, "log-density against the reference")
+
+
+def test_the_fastest_candidate_is_kept_and_timed_once_per_key(monkeypatch):
+    from aef_hpc.kernels.fused import tuning
+
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    options = tuning.candidates("backward", 40, 3000, True)
     ran = []
 
     def timer(launch):  # stands in for CUDA-event timing: runs the launch, reports a made-up duration
         launch()
         return {0: 3.0, 1: 1.0, 2: 2.0}[len(ran) - 1]
 
-    monkeypatch.setattr(rowwise, "_tuned", {})
-    chosen = rowwise.choose(("test",), options[:3], ran.append, timer=timer)
+    monkeypatch.setattr(tuning, "_tuned", {})
+    chosen = tuning.choose(("test",), options[:3], ran.append, timer=timer)
     assert chosen == options[1] and ran == options[:3]
-    assert rowwise.choose(("test",), options[:3], ran.append, timer=timer) == options[1] and len(ran) == 3, "cached"
+    assert tuning.choose(("test",), options[:3], ran.append, timer=timer) == options[1] and len(ran) == 3, "cached"
 
 
 def test_mismatched_shapes_are_one_clear_error_before_anything_is_flattened(device):
@@ -544,11 +570,11 @@ def test_a_shift_is_neither_saved_nor_read_by_the_backward(device):
 
 def test_the_tuning_key_separates_what_the_candidates_depend_on(monkeypatch):
     from aef_hpc.kernels.fused import decoder_layer as fused_decoder
-    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.fused import tuning
 
-    meta = dict(MATH=None, ACC=None, FLAG=0, SKIP=0, HAS_MASK=False, GA=1, GB=1, GC=2)
-    key = rowwise.tuning_key
-    op = fused_decoder.OP
+    meta = dict(MATH=None, ACC=None, VARIANT=0, UNREAD=0, HAS_MASK=False, GRAD_A=1, GRAD_B=1, GRAD_C=2)
+    key = tuning.tuning_key
+    op = fused_decoder.OP.name
     assert key(op, "backward", meta, torch.float32, 2, 999, True) != key(
         op, "backward", meta, torch.float32, 64, 999, True
     )

@@ -15,7 +15,7 @@ from importlib.metadata import version
 import torch
 
 from aef_hpc.errors import ConfigError
-from aef_hpc.kernels.fused.rowwise import tuned_configs
+from aef_hpc.kernels.fused.tuning import tuned_configs
 
 from .kernel_cases import CASES, MODES, PROVIDERS, Runner, make_inputs, minimum_bytes, provider_fn
 from .kernel_step import step_rows

@@ -66,14 +66,14 @@ def bytes_moved(provider: str, run) -> float:
 def gpu_programs():
     """Make the interpreter's programs those of a GPU that sums a gradient over rows (16 rows × 1024 columns), so
     the partial sums the interpreter writes are the GPU's; restored after."""
-    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.fused import tuning
 
-    previous = dict(rowwise.INTERPRETER)
-    rowwise.INTERPRETER.update(block=1024, rows=16)
+    previous = dict(tuning.INTERPRETER)
+    tuning.INTERPRETER.update(block=1024, rows=16)
     try:
         yield
     finally:
-        rowwise.INTERPRETER.update(previous)
+        tuning.INTERPRETER.update(previous)
 
 
 def traffic_table(dtype: torch.dtype = torch.float32, batch: int = 256, n: int = 784) -> list[dict]:

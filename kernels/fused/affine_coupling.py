@@ -1,7 +1,7 @@
-r"""Triton math of the affine coupling, ``s = c tanh(s_raw / c)`` for a clamp ``c > 0`` (``K0``; 0: ``s = s_raw``).
+r"""Triton math of the affine coupling, ``s = c tanh(s_raw / c)`` for a clamp ``c > 0`` (``CONST_A``; 0: ``s = s_raw``).
 
-``FLAG`` 0: ``out = x e^s + t``, ``term = s``; backward ``gx = g e^s``, ``gs = g x e^s + g_row``, ``gt = g``
-(returned as it is). ``FLAG`` 1 (inverse): ``out = (y - t) e^{-s}``, ``term = -s``; ``gy = g e^{-s}``,
+``VARIANT`` 0: ``out = x e^s + t``, ``term = s``; backward ``gx = g e^s``, ``gs = g x e^s + g_row``, ``gt = g``
+(returned as it is). ``VARIANT`` 1 (inverse): ``out = (y - t) e^{-s}``, ``term = -s``; ``gy = g e^{-s}``,
 ``gs = -g out - g_row``, ``gt = -gy``. Through the clamp ``g_sraw = gs (1 - (s/c)^2)``."""
 
 import triton
@@ -18,17 +18,17 @@ def _bounded(u, clamp):
 
 
 @triton.jit
-def _forward(x, s_raw, t, clamp, unused, FLAG: tl.constexpr):
+def _forward(x, s_raw, t, clamp, unused, VARIANT: tl.constexpr):
     s = _bounded(s_raw, clamp)
-    if FLAG == 1:
+    if VARIANT == 1:
         return (x - t) * tl.exp(-s), -s
     return x * tl.exp(s) + t, s
 
 
 @triton.jit
-def _backward(x, s_raw, t, g, g_row, clamp, unused, FLAG: tl.constexpr):
+def _backward(x, s_raw, t, g, g_row, clamp, unused, VARIANT: tl.constexpr):
     s = _bounded(s_raw, clamp)
-    if FLAG == 1:
+    if VARIANT == 1:
         scale = tl.exp(-s)
         gx = g * scale
         gs = -gx * (x - t) - g_row

@@ -20,14 +20,14 @@ def _scale(r, eps):
 
 
 @triton.jit
-def _forward(y, mu, r, eps, half_log_2pi, FLAG: tl.constexpr):
+def _forward(y, mu, r, eps, half_log_2pi, VARIANT: tl.constexpr):
     a = _scale(r, eps)
     delta = (y - mu) / a
     return delta, -0.5 * delta * delta - half_log_2pi - tl.log(a)
 
 
 @triton.jit
-def _backward(y, mu, r, g, g_row, eps, half_log_2pi, FLAG: tl.constexpr):
+def _backward(y, mu, r, g, g_row, eps, half_log_2pi, VARIANT: tl.constexpr):
     a = _scale(r, eps)
     delta = (y - mu) / a
     g_delta = g - g_row * delta

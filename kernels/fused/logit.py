@@ -1,5 +1,5 @@
-r"""Triton math of the logit preprocessing, ``s = clamp(alpha + (1 - 2 alpha) x, lo, 1 - lo)`` (``K0 = alpha``,
-``K1 = lo``): ``out = log s - log(1 - s)``, ``term = -log s - log(1 - s)``; backward
+r"""Triton math of the logit preprocessing, ``s = clamp(alpha + (1 - 2 alpha) x, lo, 1 - lo)`` (``CONST_A = alpha``,
+``CONST_B = lo``): ``out = log s - log(1 - s)``, ``term = -log s - log(1 - s)``; backward
 ``gx = (1 - 2 alpha) (g + g_row (2s - 1)) / (s (1 - s))``, zero where clamped. A NaN pixel stays NaN
 (comparisons, not ``minimum``/``maximum``, which drop NaN on a GPU)."""
 
@@ -16,7 +16,7 @@ def _squeezed(x, alpha, lo):
 
 
 @triton.jit
-def _forward(x, unused_b, unused_c, alpha, lo, FLAG: tl.constexpr):
+def _forward(x, unused_b, unused_c, alpha, lo, VARIANT: tl.constexpr):
     _, s = _squeezed(x, alpha, lo)
     log_s = tl.log(s)
     log_1ms = tl.log(1.0 - s)
@@ -24,7 +24,7 @@ def _forward(x, unused_b, unused_c, alpha, lo, FLAG: tl.constexpr):
 
 
 @triton.jit
-def _backward(x, unused_b, unused_c, g, g_row, alpha, lo, FLAG: tl.constexpr):
+def _backward(x, unused_b, unused_c, g, g_row, alpha, lo, VARIANT: tl.constexpr):
     raw, s = _squeezed(x, alpha, lo)
     gx = (1.0 - 2.0 * alpha) * (g + g_row * (2.0 * s - 1.0)) / (s * (1.0 - s))
     gx = tl.where((raw >= lo) & (raw <= 1.0 - lo), gx, 0.0)
