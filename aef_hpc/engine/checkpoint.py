@@ -4,6 +4,11 @@
 size and sha256 of every other file) is written last, the folder is renamed, and only then do the ``latest``
 (and ``best``) pointer files change, each by an atomic rename. A folder without ``meta.json`` is never loaded;
 one whose files differ from ``meta.json`` (cut by a kill, a full disk) is skipped with a warning naming it.
+
+A committed folder is never removed before its replacement is committed: rewriting a step (a requeue records
+itself in the step just validated) moves the old folder aside to ``.step-NNNNNN.replaced``, renames the new one
+in, then removes the old; a kill between the two renames leaves the old one aside, and the next look at the
+folder (``_recover``) puts it back. So a kill at any point leaves the old or the new checkpoint of that step.
 """
 
 import datetime
@@ -144,11 +149,15 @@ def _commit(root: Path, name: str, tmp: Path, step: int, meta: dict, keep_last: 
     }
     write_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
     _fsync(tmp)
-    final = root / name
-    if final.exists():  # a checkpoint of this step from an abandoned attempt: the new one replaces it
-        shutil.rmtree(final)
+    final, aside = root / name, _aside(root, name)
+    if final.exists():  # a checkpoint of this step (a requeue's rewrite, an abandoned attempt): kept until replaced
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(final, aside)
     os.replace(tmp, final)
     _fsync(root)
+    if aside.exists():
+        shutil.rmtree(aside)
     write_atomic(root / "latest", name + "\n")
     if best:
         write_atomic(root / "best", name + "\n")
@@ -169,6 +178,24 @@ def _pointer(root: Path, name: str) -> str | None:
         return (root / name).read_text().strip() or None
     except OSError:
         return None
+
+
+def _aside(root: Path, name: str) -> Path:
+    return root / f".{name}.replaced"
+
+
+def _recover(root: Path) -> None:
+    """Put back a committed folder that a kill left aside while its replacement was renamed in (and drop one whose
+    replacement made it). Safe on several ranks at once: a rename another rank made first is simply gone."""
+    for path in root.glob(".step-*.replaced"):
+        final = root / path.name[1 : -len(".replaced")]
+        try:
+            if final.exists():
+                shutil.rmtree(path)
+            else:
+                os.replace(path, final)
+        except OSError:
+            pass
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -193,6 +220,7 @@ def _complete(root: Path) -> list[Checkpoint]:
     """Folders ``step-N`` with a readable ``meta.json`` of ours, newest first (not verified)."""
     found = []
     if root.is_dir():
+        _recover(root)
         for path in root.iterdir():
             if path.is_dir() and _STEP.match(path.name) and (meta := _read_meta(path)) is not None:
                 found.append(Checkpoint(path, meta))

@@ -78,7 +78,8 @@ class TrainState:
     best_step: int = 0
     last_val: dict = field(default_factory=dict)
     loss_sum: float = 0.0
-    """the objective summed over the steps since the last log line, and their count"""
+    """rank 0's objective summed (float64) over the steps since the last log line, and their count; every rank
+    keeps its own exact sum in its rank file (``rank_state``)"""
     loss_count: int = 0
     requeues: int = 0
     """how often SIGUSR1 requeued this run under SLURM (capped by run.max_requeues)"""
@@ -246,13 +247,13 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     saved = {"step": None}
 
     def checkpoint(best: bool) -> None:
-        # the mean over ranks: every rank restores the same partial sum, and the next logged mean stays exact
-        state.loss_sum, state.loss_count = mean_over_ranks(running).item(), counted
+        # each rank's own exact float64 partial sum: a resumed rank adds the same losses to the same value
+        state.loss_sum, state.loss_count = running.item(), counted
         saved["step"] = state.step
 
         def write(folder: Path) -> None:
             engine.save(folder)
-            torch.save(_rng_state(device), rank_file(folder, "rng"))
+            torch.save({**_rng_state(device), "loss_sum": state.loss_sum}, rank_file(folder, "rng"))
             if main:
                 torch.save({**vars(state), "ema": None if ema is None else ema.state_dict()}, folder / "train_state.pt")
                 (folder / "config.yaml").write_text(to_yaml(cfg))
@@ -274,7 +275,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     # -- the steps ------------------------------------------------------------------------------------------------
     objective = model.loss_name
     bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and main, t.progress_every)
-    running, counted = torch.tensor(state.loss_sum, device=device), state.loss_count
+    running, counted = torch.tensor(state.loss_sum, dtype=torch.float64, device=device), state.loss_count
     if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
         state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
     last = state.step if state.stopped_early else t.steps
@@ -289,7 +290,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
             state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
             if result.stepped:
                 state.skips_in_row = 0
-                running, counted = running + result.loss, counted + 1
+                running, counted = running + result.loss.detach().double(), counted + 1
                 if ema is not None:
                     ema.update()
             else:
@@ -306,7 +307,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
                     )
             if step % t.log_every == 0 and counted:
                 value = mean_over_ranks(running / counted).item()  # a host synchronisation every log_every steps
-                running, counted = torch.zeros((), device=device), 0
+                running, counted = torch.zeros((), dtype=torch.float64, device=device), 0
                 log.log(step, "train", objective, value)
                 log.log(step, "train", "lr", result.lr)
                 log.log(step, "train", "epoch", epoch)
@@ -429,7 +430,7 @@ def finish(run_dir: Path, cfg: Config, data, best_step: int) -> RunResult:
 
 
 def _rng_state(device) -> dict:
-    """This rank's RNG states (model noise: the VAE's sampling)."""
+    """This rank's RNG states."""
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -447,4 +448,6 @@ def _load_train_state(folder: Path, ema, device) -> TrainState:
     if ema is not None:
         ema.load_state_dict(ema_state)
     known = {f.name for f in dataclasses.fields(TrainState)}
-    return TrainState(**{k: v for k, v in saved.items() if k in known})
+    state = TrainState(**{k: v for k, v in saved.items() if k in known})
+    state.loss_sum = rng.get("loss_sum", state.loss_sum)  # this rank's own (older checkpoints: the mean over ranks)
+    return state
