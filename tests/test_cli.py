@@ -51,7 +51,8 @@ def test_train_end_to_end(tmp_path, capsys, float32_default, extra):
     assert f"{summary['bits_per_dim']:.4f}" in out
     if "model.name=aef-linear" in extra:
         assert summary["objective"] == "extended_nll" and summary["proposal_std_selected"]
-        assert json.loads((run / "checkpoints" / best / "proposal.json").read_text())["proposal_std"] > 0
+        assert json.loads((run / "eval" / f"{best}-proposal.json").read_text())["proposal_std"] > 0
+        assert not (run / "checkpoints" / best / "proposal.json").exists(), "a committed checkpoint is never written"
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["step"] for r in rows if r["split"] == "val"] == ["6", "12"]
     n_test = len(load_embedded("digits", 0.1, 0.2, 3).test)

@@ -12,8 +12,10 @@ import torch
 from helpers import aef_hpc_exe
 
 from aef_hpc.cli import main
+from aef_hpc.engine import Checkpoint, open_checkpoint
 from aef_hpc.engine.single import load_model_weights
 from aef_hpc.errors import CheckpointError
+from aef_hpc.evaluate import restore
 from aef_hpc.evaluate.inception import FIDInceptionV3
 
 TINY = [
@@ -100,16 +102,57 @@ def test_standard_error_shrinks_as_the_test_set_grows(tmp_path, runs, float32_de
     assert se[20] > se[80] > se[320] > 0
 
 
-def test_proposal_std_is_stored_in_the_checkpoint_and_reused(tmp_path, runs, float32_default):
+def test_proposal_std_is_stored_beside_the_checkpoint_and_reused(tmp_path, runs, float32_default):
     run = tmp_path / "linear"
     shutil.copytree(runs / "linear", run)
     best = (run / "checkpoints" / "best").read_text().strip()
-    stored = json.loads((run / "checkpoints" / best / "proposal.json").read_text())
+    path = run / "eval" / f"{best}-proposal.json"
+    stored = json.loads(path.read_text())
     assert stored["proposal_std"] in (1.0, 0.1) and set(stored["scores"]) == {"1.0", "0.1"}
     assert summary_of(run)["proposal_std"] == stored["proposal_std"]
+    assert not (run / "checkpoints" / best / "proposal.json").exists(), "the committed checkpoint stays as written"
+    open_checkpoint(run / "checkpoints" / best)  # still intact: its meta.json lists every file it holds
     assert main(["eval", str(run), "eval.proposal_stds=[0.5]"]) == 0, "another grid selects again"
-    assert json.loads((run / "checkpoints" / best / "proposal.json").read_text())["proposal_std"] == 0.5
+    assert json.loads(path.read_text())["proposal_std"] == 0.5
     assert summary_of(run)["proposal_std"] == 0.5
+
+
+def test_an_export_carries_the_selected_proposal_std_and_reproduces_the_runs_number(tmp_path, runs, float32_default):
+    run = tmp_path / "linear"
+    shutil.copytree(runs / "linear", run)
+    ours = summary_of(run)
+    assert ours["proposal_std_selected"]
+    other = 1.0 if ours["proposal_std"] == 0.1 else 0.1  # the config's proposal_std (1.0) must not come back
+    assert main(["export", str(run)]) == 0
+    exported = next((run / "export").glob("step-*"))
+    assert open_checkpoint(exported).meta["proposal"]["proposal_std"] == ours["proposal_std"]
+    for extra in (["eval.select_proposal_std=false"], []):  # the export's own config searches no more either
+        shutil.rmtree(run / "export" / "eval", ignore_errors=True)
+        assert main(["eval", str(exported), *extra]) == 0
+        theirs = json.loads(next((run / "export" / "eval").glob("*-test/summary.json")).read_text())
+        assert theirs["proposal_std"] == ours["proposal_std"] != other and not theirs["proposal_std_selected"]
+        assert theirs["bits_per_dim"] == pytest.approx(ours["bits_per_dim"], rel=1e-9, abs=0)
+        assert not (run / "export" / "eval" / f"{exported.name}-proposal.json").exists(), "no new search"
+
+
+def test_interrupted_evaluation_records_are_reused_only_for_the_same_weights_device_and_kernels(tmp_path, runs):
+    """A checkpoint folder made again with other weights (same path, same step) is another evaluation."""
+    import types
+
+    from aef_hpc.evaluate import evaluation
+
+    trained = restore(runs / "center")
+    settings = evaluation._settings(trained)
+    other_weights = dict(trained.checkpoint.meta, files={**trained.checkpoint.meta["files"], "model.pt": {"bytes": 1, "sha256": "0" * 64}})
+    remade = types.SimpleNamespace(**{**vars(trained), "checkpoint": Checkpoint(trained.checkpoint.path, other_weights)})
+    assert evaluation._settings(remade)["weights"] != settings["weights"]
+    assert evaluation._settings(types.SimpleNamespace(**{**vars(trained), "device": torch.device("meta")})) != settings
+    out, counts = tmp_path / "eval", {"test-000000": 2}
+    assert evaluation._finished_shards(out, counts, settings) == set()
+    evaluation._write_csv(out / evaluation.RECORDS / "test-000000.csv", ["key", "nll_nats", "ess"], [("a", 1.0, None), ("b", 2.0, None)])
+    assert evaluation._finished_shards(out, counts, settings) == {"test-000000"}, "same settings: reused"
+    with pytest.warns(UserWarning, match="records of other settings discarded"):
+        assert evaluation._finished_shards(out, counts, evaluation._settings(remade)) == set()
 
 
 def test_denoising_metrics(runs):

@@ -46,23 +46,46 @@ def check_fid_weights(path: str | None) -> None:
         )
 
 
-def proposal_std(trained: Trained, data) -> dict | None:
-    """aef-linear: the proposal std grid-searched on validation images (method.md §1.4), stored in the checkpoint
-    as ``proposal.json`` and reused while the grid, K and image count stay the same. ``None`` for other models
-    or with ``eval.select_proposal_std=false`` (the model's own ``proposal_std`` is used)."""
-    model, e = trained.model, trained.cfg.eval
-    if not isinstance(model, ExpandedAEF) or not e.select_proposal_std:
-        return None
-    path = trained.checkpoint.path / "proposal.json"
-    settings = {
+def proposal_path(checkpoint) -> Path:
+    """Where a checkpoint's proposal search is kept: ``RUN/eval/<checkpoint>-proposal.json``, outside the committed
+    checkpoint folder (which is never written into)."""
+    return checkpoint.run_dir / "eval" / f"{checkpoint.path.name}-proposal.json"
+
+
+def proposal_settings(cfg, checkpoint, ema: bool) -> dict:
+    """What a proposal search depends on: the weights (by content), the grid, K, the images and the seed."""
+    e = cfg.eval
+    return {
+        "weights": checkpoint.content_digest,
         "stds": list(e.proposal_stds),
         "num_samples": e.proposal_num_samples,
         "images": e.proposal_images,
         "seed": e.seed,
-        "ema": trained.ema,
+        "ema": ema,
     }
-    stored = json.loads(path.read_text()) if path.exists() else None
-    if stored is None or stored.get("settings") != settings:
+
+
+def stored_proposal(checkpoint, settings: dict) -> dict | None:
+    """The search stored for exactly these settings, if any."""
+    path = proposal_path(checkpoint)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and stored.get("settings") == settings else None
+
+
+def proposal_std(trained: Trained, data) -> dict | None:
+    """aef-linear: the proposal std grid-searched on validation images (method.md §1.4), stored next to the
+    evaluation records (``proposal_path``) and reused while the weights and the search's settings stay the same.
+    ``None`` for other models or with ``eval.select_proposal_std=false`` (the model's own ``proposal_std``, which an
+    export carries, is used)."""
+    model, e = trained.model, trained.cfg.eval
+    if not isinstance(model, ExpandedAEF) or not e.select_proposal_std:
+        return None
+    settings = proposal_settings(trained.cfg, trained.checkpoint, trained.ema)
+    stored = stored_proposal(trained.checkpoint, settings)
+    if stored is None:
         gen = torch.Generator().manual_seed(e.seed)
         val = [
             dequantize(images, data.levels, gen).to(trained.device)
@@ -70,6 +93,8 @@ def proposal_std(trained: Trained, data) -> dict | None:
         ]
         best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
         stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
+        path = proposal_path(trained.checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(stored, indent=2))
     model.proposal_std.fill_(stored["proposal_std"])
     return stored
@@ -100,11 +125,14 @@ def _folder(trained: Trained) -> Path:
 
 
 def _settings(trained: Trained) -> dict:
-    """What the per-shard records depend on: records of other settings are never reused."""
+    """What the per-shard records depend on (the weights by content, the device and kernels too): records of other
+    settings are never reused."""
     e = trained.cfg.eval
     return {
-        "checkpoint": str(trained.checkpoint.path.resolve()),
+        "weights": trained.checkpoint.content_digest,  # by content: a step-N made again is another checkpoint
         "step": trained.checkpoint.step,
+        "device": trained.device.type,
+        "kernels": trained.cfg.kernels,
         "ema": trained.ema,
         "split": e.split,
         "seed": e.seed,
@@ -195,7 +223,7 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
     check_fid_weights(e.fid_weights)
     check_world(cfg, world_info()[1])
     started = time.monotonic()
-    proposal = on_rank0(lambda: proposal_std(trained, data))  # one search, one writer of proposal.json
+    proposal = on_rank0(lambda: proposal_std(trained, data))  # one search, one writer of its file
     if proposal is not None:
         model.proposal_std.fill_(proposal["proposal_std"])
     out = _folder(trained)

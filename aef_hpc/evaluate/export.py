@@ -1,6 +1,8 @@
 """``aef-hpc export``: any checkpoint (single, DDP, or a ZeRO checkpoint sharded over N ranks) as one
 ``model.safetensors`` plus its config, in a checkpoint folder that ``aef-hpc eval`` and ``sample`` open in one
-process. The weights are those evaluation uses (the EMA when the run kept one)."""
+process. It holds everything evaluation uses: the weights (the EMA when the run kept one) and, for aef-linear, the
+proposal std the run selected (in the model's ``proposal_std`` buffer, with ``eval.select_proposal_std=false`` in
+its config), so evaluating the export reproduces the run's number with no new search."""
 
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import safetensors.torch
 from ..config import to_yaml
 from ..engine import open_checkpoint, save_checkpoint
 from ..engine.single import load_model_weights
+from ..models import ExpandedAEF
 from ..models.from_config import model_from_config
+from .evaluation import proposal_settings, stored_proposal
 from .restore import EXPORT_FILE, checkpoint_config, checkpoint_weights
 
 #: what an export keeps of its checkpoint's metadata
@@ -23,9 +27,17 @@ def export(path: str | Path, out: str | Path | None = None) -> Path:
     state, ema, source = checkpoint_weights(checkpoint, cfg)
     model = model_from_config(cfg.model, cfg.model.image_shape)
     load_model_weights(model, source, state)  # a mismatch stops here, before anything is written
+    selected = None
+    if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:
+        selected = stored_proposal(checkpoint, proposal_settings(cfg, checkpoint, ema))
+        if selected is not None:  # the run's own search: evaluation of the export uses it as it is
+            model.proposal_std.fill_(selected["proposal_std"])
+            cfg.model.proposal_std, cfg.eval.select_proposal_std = selected["proposal_std"], False
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {k: checkpoint.meta.get(k) for k in KEPT}
     meta.update(engine="export", world_size=1, ema=ema, exported_from=str(checkpoint.path.resolve()))
+    if selected is not None:
+        meta["proposal"] = {"proposal_std": selected["proposal_std"], "scores": selected["scores"]}
 
     def write(folder: Path) -> None:
         safetensors.torch.save_file(tensors, str(folder / EXPORT_FILE), metadata={"model": cfg.model.name})
