@@ -59,28 +59,31 @@ def _print_summary(summary: dict, folder) -> None:
     print(f"records:        {folder}")
 
 
-def _open_trained(path, overrides):
+def _open_trained(path, overrides, device=None):
     from .data import open_data
     from .evaluate import check_same_data, restore
 
-    trained = restore(path, overrides)
+    trained = restore(path, overrides, device=device)
     data = open_data(trained.cfg.data)
     check_same_data(trained.checkpoint, data)
     return trained, data
 
 
 def _eval(args) -> int:
+    import torch
+
     from .engine.discovery import discover, init_distributed, leave_distributed
-    from .evaluate import check_fid_weights, evaluate
+    from .evaluate import check_fid_weights, evaluate, resolve_device
     from .evaluate.evaluation import check_world
     from .kernels import use_kernels
 
-    trained, data = _open_trained(args.path, args.overrides)
+    # restored on the CPU: each rank then moves it to its own device (never every rank to cuda:0 first)
+    trained, data = _open_trained(args.path, args.overrides, device=torch.device("cpu"))
     check_fid_weights(trained.cfg.eval.fid_weights)
     info = discover()  # started by torchrun, mpiexec or srun: every rank evaluates its share of the shards
     check_world(trained.cfg, info.world_size)
     try:
-        trained.device = init_distributed(info, trained.device)
+        trained.device = init_distributed(info, resolve_device(trained.cfg.train.device))
         trained.model.to(trained.device)
         with use_kernels(trained.cfg.kernels):
             summary, folder = evaluate(trained, data)

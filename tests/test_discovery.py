@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from aef_hpc.data import dequantize_keyed, keyed_uniform, sample_id
-from aef_hpc.engine.discovery import ProcessInfo, check_devices, discover, expand_nodelist, tasks_on_node
-from aef_hpc.errors import DistributedError
+from aef_hpc.engine.discovery import (
+    ProcessInfo,
+    check_devices,
+    discover,
+    expand_nodelist,
+    rank_device,
+    tasks_on_node,
+)
+from aef_hpc.errors import ConfigError, DistributedError
 from aef_hpc.keyed import _GAMMA, _mix_int
 
 
@@ -98,6 +105,20 @@ def test_gpu_settings_that_cannot_work(monkeypatch):
         check_devices(ProcessInfo(1, 2, 0, 1, "n1", 1, "slurm"), cuda, {})
     check_devices(ProcessInfo(1, 2, 0, 1, "n1", 1, "torchrun"), cuda, {})
     check_devices(ProcessInfo(5, 8, 7, 1, "n1", 1, "slurm"), torch.device("cpu"), {})
+
+
+def test_an_explicit_gpu_is_honoured_in_one_process_and_refused_under_a_launcher():
+    """No GPU here: the choice of device is a pure function of the process, the asked device and the GPU count."""
+    one, torchrun = ProcessInfo(), ProcessInfo(rank=1, world_size=2, local_rank=1, local_world_size=2, source="torchrun")
+    assert rank_device(one, torch.device("cuda:1"), visible=2) == torch.device("cuda:1")
+    assert rank_device(one, torch.device("cuda"), visible=2) == torch.device("cuda:0")
+    assert rank_device(torchrun, torch.device("cuda"), visible=2) == torch.device("cuda:1")
+    assert rank_device(torchrun, torch.device("cuda"), visible=1) == torch.device("cuda:0"), "one GPU per task"
+    assert rank_device(torchrun, torch.device("cpu"), visible=2) == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"train.device=cuda:1 names one GPU but 2 processes were started"):
+        rank_device(torchrun, torch.device("cuda:1"), visible=2)
+    with pytest.raises(ConfigError, match=r"train.device=cuda:3 but this machine shows 2 GPU"):
+        rank_device(one, torch.device("cuda:3"), visible=2)
 
 
 def _uniform_reference(seeds, sample, j) -> float:

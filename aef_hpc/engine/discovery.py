@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import DistributedError
+from ..errors import ConfigError, DistributedError
 
 DEFAULT_PORT = 29500
 
@@ -207,12 +207,31 @@ def check_devices(info: ProcessInfo, device: torch.device, env: Mapping[str, str
         )
 
 
+def rank_device(info: ProcessInfo, device: torch.device, visible: int) -> torch.device:
+    """This process's device: an explicit ``cuda:N`` in one process as given; under a launcher ``cuda:local_rank``
+    (``cuda:0`` where each task sees one GPU, as SLURM's ``--gpus-per-task=1`` binds it), and an explicit index is
+    refused (every rank would take the same GPU)."""
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        if info.distributed:
+            raise ConfigError(
+                f"train.device={device} names one GPU but {info.world_size} processes were started ({info.source}): "
+                "use train.device=cuda (each rank takes the GPU of its local rank) or CUDA_VISIBLE_DEVICES"
+            )
+        if device.index >= visible:
+            raise ConfigError(f"train.device={device} but this machine shows {visible} GPU(s): use cuda:0 to "
+                              f"cuda:{visible - 1}, or train.device=cuda")  # fmt: skip
+        return device
+    return torch.device("cuda", info.local_rank if visible > 1 else 0)
+
+
 def init_distributed(info: ProcessInfo, device: torch.device, force: bool = False) -> torch.device:
     """Join the process group of ``info`` (one process: only when ``force``, a group of one for the DDP and
-    DeepSpeed engines); returns this rank's device (``cuda:local_rank`` on GPUs, made current first)."""
+    DeepSpeed engines); returns this rank's device (``rank_device``, made current first)."""
     check_devices(info, device)
-    if device.type == "cuda":  # one GPU per process when SLURM binds each task to its own (--gpus-per-task=1)
-        device = torch.device("cuda", info.local_rank if torch.cuda.device_count() > 1 else 0)
+    if device.type == "cuda":
+        device = rank_device(info, device, torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not (info.distributed or force) or dist.is_initialized():
         return device

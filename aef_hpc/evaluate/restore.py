@@ -63,14 +63,15 @@ def checkpoint_config(checkpoint: Checkpoint, overrides: list[str] = (), base: P
     return cfg
 
 
-def restore(path, overrides: list[str] = (), use_ema: bool = True) -> Trained:
+def restore(path, overrides: list[str] = (), use_ema: bool = True, device: torch.device | None = None) -> Trained:
     """Open ``path`` and rebuild its model: a run folder gives its best checkpoint with the run's own (latest)
-    config, as its final test used; a checkpoint folder gives that checkpoint with the config it was saved with."""
+    config, as its final test used; a checkpoint folder gives that checkpoint with the config it was saved with.
+    ``device`` overrides ``train.device`` (a job of N ranks restores on the CPU, then moves to each rank's GPU)."""
     checkpoint = open_checkpoint(path)
     run_config = Path(path) / "config.yaml"
     base = run_config if not (Path(path) / "meta.json").exists() and run_config.is_file() else None
     cfg = checkpoint_config(checkpoint, overrides, base)
-    trained = restore_checkpoint(checkpoint, cfg, use_ema)
+    trained = restore_checkpoint(checkpoint, cfg, use_ema, device)
     trained_on = checkpoint_config(checkpoint, (), base).data
     if cfg.data != trained_on:
         trained.data_tag = hashlib.sha256(repr(vars(cfg.data)).encode()).hexdigest()[:8]
@@ -101,8 +102,8 @@ def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True
     return state, False, source
 
 
-def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> Trained:
-    device = resolve_device(cfg.train.device)
+def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True, device=None) -> Trained:
+    device = resolve_device(cfg.train.device) if device is None else device
     if cfg.model.image_shape is None:
         raise CheckpointError(f"{checkpoint.path}/config.yaml records no model.image_shape: not a complete run")
     model = model_from_config(cfg.model, cfg.model.image_shape)
