@@ -100,3 +100,44 @@ def test_bits_per_dim():
     assert bits_per_dim(0.0, 784) == 8.0
     assert bits_per_dim(0.0, 64, levels=17) == math.log2(17)
     assert bits_per_dim(784 * math.log(2), 784) == 9.0
+
+
+def test_effective_sample_size_is_kishs_closed_form():
+    """Equal weights give K, one dominant weight gives 1, m equal weights among negligible ones give m, and any
+    weights give (sum w)^2 / sum w^2 computed directly."""
+    from aef_hpc.models.base import effective_sample_size
+
+    k = 16
+    assert torch.allclose(effective_sample_size(torch.full((k, 3), -7.5)), torch.full((3,), float(k)), rtol=1e-12)
+    dominant = torch.full((k, 2), -1e4)
+    dominant[3] = 0.0
+    assert torch.allclose(effective_sample_size(dominant), torch.ones(2), rtol=1e-12)
+    some = torch.full((k, 1), -1e4)
+    some[[1, 5, 9]] = 2.0
+    assert torch.allclose(effective_sample_size(some), torch.tensor([3.0]), rtol=1e-12)
+    log_w = torch.randn(k, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    w = log_w.exp()
+    assert torch.allclose(effective_sample_size(log_w), w.sum(0) ** 2 / (w**2).sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["aef-linear", "vae"])
+def test_importance_sampling_repeats_draw_new_samples(name):
+    """Each of ``repeats`` estimates uses its own K draws: the mean of two repeats is not one repeat's value, and it
+    equals the mean of the two estimates made from each repeat's keyed draws."""
+    from aef_hpc.evaluate.likelihood import per_image_nll
+    from aef_hpc.keyed import KeyedNoise
+    from aef_hpc.models.base import log_mean_exp
+
+    model = randomize(two_pixel_model(name), 0.2)
+    images = (torch.rand(6, 1, 1, 2, generator=torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)
+    batches = [([f"img{i}" for i in range(6)], images)]
+    one = per_image_nll(model, batches, 256, 8, 1, 8, 0, "cpu").nll
+    two = per_image_nll(model, batches, 256, 8, 2, 8, 0, "cpu").nll
+    assert not torch.equal(one, two), "the second repeat reused the first one's draws"
+    from aef_hpc.data import dequantize_keyed, sample_id
+
+    ids = torch.tensor([sample_id(f"img{i}") for i in range(6)])
+    x = dequantize_keyed(images, 256, ids, 0)
+    with torch.no_grad():
+        per_repeat = [log_mean_exp(model.log_importance_weights(x, 8, 8, KeyedNoise(ids, 0, 1, r))) for r in (0, 1)]
+    assert torch.allclose(two, -(per_repeat[0] + per_repeat[1]).double() / 2, rtol=1e-12)

@@ -146,6 +146,19 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, finishe
         assert find_resumable(run).step == 4
 
 
+def test_a_flipped_byte_at_equal_size_is_skipped_with_a_warning(tmp_path, finished_run):
+    """Bit rot or a half-rewritten block keeps the size: the sha256 catches it."""
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    newest = run / "checkpoints" / "step-000006" / "model.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    newest.write_bytes(bytes(data))
+    assert newest.stat().st_size == len(data)
+    with pytest.warns(UserWarning, match=r"step-000006.*model.pt is truncated or modified"):
+        assert find_resumable(run).step == 4
+
+
 def test_a_folder_without_meta_json_is_never_loaded(tmp_path, finished_run):
     run = tmp_path / "r"
     shutil.copytree(finished_run, run)
