@@ -524,3 +524,16 @@ def test_remote_training_shards_are_checksummed_as_they_stream(tmp_path):
     with pytest.warns(UserWarning, match="sha256 or size differs"):
         batches = list(source.train_epoch(0, 10))
     assert sum(b.skipped for b in batches) >= 1
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_a_resumed_epoch_continues_the_uninterrupted_one_from_any_batch(tmp_path, workers):
+    """Every start in range(2W) (odd ones too): worker w plays the part of worker (w + start) % W of the whole epoch
+    after skipping that worker's batches before the start, so the batches are the whole epoch's from ``start`` on."""
+    digits_shards(tmp_path, samples_per_shard=200)
+    source = ShardSource(str(tmp_path), num_workers=workers, shuffle_buffer=50, seed=4)
+    whole = [b.ids.tolist() for b in source.train_epoch(3, 32)]
+    assert len(whole) > 2 * workers
+    for start in range(2 * workers):
+        resumed = [b.ids.tolist() for b in source.train_epoch(3, 32, start)]
+        assert resumed == whole[start:], f"resumed at batch {start} of {len(whole)}"
