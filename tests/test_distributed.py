@@ -182,6 +182,29 @@ def test_a_resume_on_another_process_count_or_engine_is_one_line(runs):
     assert "distributed_c10d.py" not in proc.stderr, "no rank died inside a collective"
 
 
+def test_bad_steps_are_skipped_before_any_engine_steps(tmp_path):
+    """train.skip_threshold (140: skips step 4) and a NaN planted in rank 0's loss at step 5, on DDP and ZeRO 0-3
+    (2 ranks x 16) against one process (1 x 32): the same steps taken and skipped, the same objectives, LR schedule
+    (a cosine that moves every step, skipped steps included) and gradient norms, and the same finite weights."""
+    script = "tests/dist/skip_steps.py"
+    launch([str(VENV_BIN / "python"), script, str(tmp_path), "140", "5", "single"])
+    engines = ["ddp", "zero0", "zero1", "zero2", "zero3"]
+    launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", script, str(tmp_path), "140", "5",
+            *engines])  # fmt: skip
+    reference = torch.load(tmp_path / "single.pt")
+    taken = [s[0] for s in reference["steps"]]
+    assert taken == [True, True, True, False, False, True], "the threshold no longer skips exactly step 4"
+    for engine in engines:
+        result = torch.load(tmp_path / f"{engine}.pt")
+        assert [s[0] for s in result["steps"]] == taken, engine
+        for (_, loss, lr, norm), (_, want_loss, want_lr, want_norm) in zip(result["steps"], reference["steps"]):
+            assert lr == want_lr, f"{engine}: the LR schedule must advance on skipped steps too"
+            assert loss == pytest.approx(want_loss, rel=1e-5, nan_ok=True), engine
+            assert norm == pytest.approx(want_norm, rel=1e-4, nan_ok=True), engine
+        assert torch.isfinite(result["params"]).all(), f"{engine} applied a non-finite step"
+        torch.testing.assert_close(result["params"], reference["params"], rtol=1e-5, atol=1e-6, msg=engine)
+
+
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])
 def test_gradient_accumulation_on_two_ranks_matches_one_process(tmp_path, engine):
     """train.accumulate=2: DDP's no_sync micro-batches and DeepSpeed's own accumulation give one process's steps."""

@@ -47,7 +47,6 @@ def test_bad_presets_are_one_line(tmp_path, text, match):
     "overrides,match",
     [
         (["deepspeed.config=nope.yaml"], "no such file"),
-        (["train.skip_threshold=100"], "skip_threshold is not supported with engine=deepspeed"),
         (["train.compile=true"], "train.compile is not supported"),
         (["deepspeed.config=configs/deepspeed/zero3.yaml", "train.ema_rate=0.99"], "not supported under ZeRO-3"),
         (["deepspeed.config=configs/deepspeed/zero0.yaml", "deepspeed.offload_optimizer=true"], "stage 1, 2 or 3"),

@@ -67,8 +67,6 @@ def deepspeed_config(cfg) -> dict:
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed.config={path}: zero_optimization.stage={stage!r} must be 0, 1, 2 or 3")
     t = cfg.train
-    if t.skip_threshold is not None:
-        raise ConfigError("train.skip_threshold is not supported with engine=deepspeed (its step cannot be undone)")
     if t.compile:
         raise ConfigError("train.compile is not supported with engine=deepspeed: set train.compile=false")
     if stage == 3 and t.ema_rate > 0:
@@ -123,11 +121,19 @@ def gathered(module: torch.nn.Module, modifier: bool = False):
 
 
 class DeepSpeedEngine:
-    """``deepspeed.initialize`` around the model; DeepSpeed accumulates, clips and steps."""
+    """``deepspeed.initialize`` around the model; DeepSpeed accumulates, clips and steps.
+
+    Bad steps are decided *before* DeepSpeed steps, as in ``SingleEngine``: at each accumulation boundary the
+    global gradient norm of the reduced (at ZeRO 1-3 partitioned) gradients is computed, every rank agrees on
+    ``finite loss and finite norm <= train.skip_threshold``, and a rejected step changes nothing: at ZeRO-0 the wrapped
+    torch optimizer's step is skipped for that call, at ZeRO 1-3 one gradient entry is made non-finite so DeepSpeed's
+    own overflow path discards the step. The LR schedule advances on every boundary,
+    taken or skipped, as the other engines' does.
+    """
 
     name = "deepspeed"
 
-    def __init__(self, model: torch.nn.Module, ds_config: dict, scheduler_factory):
+    def __init__(self, model: torch.nn.Module, ds_config: dict, scheduler_factory, skip_threshold=None):
         import deepspeed
 
         _skip_shm_build()
@@ -136,6 +142,7 @@ class DeepSpeedEngine:
         )
         self.accumulate = ds_config["gradient_accumulation_steps"]
         self.stage = ds_config["zero_optimization"].get("stage", 0)
+        self.skip_threshold = math.inf if skip_threshold is None else skip_threshold
         self._loss_sum = None
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,25 +152,68 @@ class DeepSpeedEngine:
         """Validation in float32, outside DeepSpeed's autocast (ZeRO-3's gathering hooks sit on the module)."""
         return self.engine.module(x).float()
 
+    def _grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the gradients before clipping (collective at ZeRO 1-3); NaN when not finite."""
+        if self.stage == 0:  # the gradients are whole and already averaged over ranks
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        elif self.stage in (1, 2):
+            norm = self.optimizer.scaled_global_norm() / self.optimizer.loss_scale
+        else:
+            from deepspeed.runtime.utils import combine_grad_norm_groups
+
+            norm = combine_grad_norm_groups(self.optimizer._get_norm_groups()) / self.optimizer.loss_scale
+        norm = torch.as_tensor(norm, dtype=torch.float32).detach().cpu().reshape(())
+        return torch.where(torch.isfinite(norm) & (norm >= 0), norm, torch.nan)  # DeepSpeed's -1 and inf: not finite
+
+    @contextlib.contextmanager
+    def _discarding_gradients(self):
+        """DeepSpeed's step inside changes no weight and no optimizer state (it still clears the gradients)."""
+        if self.stage == 0:  # torch's optimizer, wrapped: its step is skipped for this one call
+            inner = self.engine.optimizer
+            inner.step = lambda *args, **kwargs: None
+            try:
+                yield
+            finally:
+                del inner.step
+            return
+        self._poison_partitions()
+        yield
+
+    def _poison_partitions(self) -> None:
+        """ZeRO 1-3: one non-finite gradient entry makes DeepSpeed's own overflow path drop the step."""
+        opt = self.optimizer
+        offloaded = getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False)
+        if offloaded and getattr(opt, "norm_for_param_grads", None):
+            first = next(iter(opt.norm_for_param_grads))
+            opt.norm_for_param_grads[first] = torch.tensor(math.nan)
+            return
+        for grads in opt.averaged_gradients.values():  # a new tensor: the reduction buffers stay clean
+            for i, grad in enumerate(grads):
+                if grad is not None and grad.numel():
+                    grads[i] = torch.full_like(grad, math.nan)
+                    return
+
     def backward_and_step(self, loss: torch.Tensor) -> StepResult | None:
         boundary = self.engine.is_gradient_accumulation_boundary()
         lr = self.engine.get_lr()[0]
         self.engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
         self._loss_sum = loss.detach().float() + (0 if self._loss_sum is None else self._loss_sum)
-        norm = None
-        if boundary and self.stage == 0:  # DeepSpeed reports no norm without ZeRO: the reduced gradients' own
-            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads)
-        self.engine.step()
         if not boundary:
+            self.engine.step()  # DeepSpeed's micro-step bookkeeping: no optimizer step
             return None
-        if norm is None:
-            norm = self.engine.get_global_grad_norm()
-        norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32).detach().cpu()
         loss, self._loss_sum = self._loss_sum / self.accumulate, None
-        ok = torch.tensor([int(bool(torch.isfinite(norm)) and bool(torch.isfinite(loss)))], device=collective_device())
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank counts the same steps as skipped
-        return StepResult(bool(ok.item()), loss, norm, lr)
+        norm = self._grad_norm()
+        ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)) and bool(norm <= self.skip_threshold)
+        agreed = torch.tensor([int(ok)], device=collective_device())
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)  # every rank takes the same decision
+        ok = bool(agreed.item())
+        skipped_before = self.engine.skipped_steps
+        with contextlib.nullcontext() if ok else self._discarding_gradients():
+            self.engine.step()
+        if self.engine.skipped_steps != skipped_before:  # DeepSpeed's overflow path leaves the schedule behind
+            self.scheduler.step()
+        return StepResult(ok and self.engine.skipped_steps == skipped_before, loss, norm, lr)
 
     def unwrap(self) -> torch.nn.Module:
         return self.engine.module

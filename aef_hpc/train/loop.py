@@ -166,7 +166,7 @@ def _check_world(cfg: Config, info, resume: Checkpoint | None, ds_config: dict |
 def _build_engine(cfg: Config, model, ds_config):
     t = cfg.train
     if cfg.engine == "deepspeed":
-        return DeepSpeedEngine(model, ds_config, lambda optimizer: build_scheduler(optimizer, t))
+        return DeepSpeedEngine(model, ds_config, lambda optimizer: build_scheduler(optimizer, t), t.skip_threshold)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     kind = DDPEngine if cfg.engine == "ddp" else SingleEngine
     return kind(model, optimizer, build_scheduler(optimizer, t), t.grad_clip, t.accumulate, t.skip_threshold,
