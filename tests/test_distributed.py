@@ -17,6 +17,7 @@ from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
 from aef_hpc.engine.deepspeed import consolidated_state_dict
+from aef_hpc.errors import CheckpointError
 from aef_hpc.evaluate import restore
 from aef_hpc.evaluate.likelihood import mean_loss
 from aef_hpc.models.from_config import model_from_config
@@ -203,6 +204,22 @@ def test_bad_steps_are_skipped_before_any_engine_steps(tmp_path):
             assert norm == pytest.approx(want_norm, rel=1e-4, nan_ok=True), engine
         assert torch.isfinite(result["params"]).all(), f"{engine} applied a non-finite step"
         torch.testing.assert_close(result["params"], reference["params"], rtol=1e-5, atol=1e-6, msg=engine)
+
+
+def test_no_payload_runs_when_a_crafted_deepspeed_checkpoint_is_opened(tmp_path):
+    """Every file of a ZeRO 0-3 checkpoint replaced by a pickle whose unpickling runs ``os.mkdir``: resuming on 2
+    ranks (DeepSpeed's own loaders) and consolidating in one process (export, eval) refuse it with one line."""
+    stages = ["zero0", "zero1", "zero2", "zero3"]
+    launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "tests/dist/payload_ranks.py",
+            str(tmp_path), *stages])  # fmt: skip
+    marker = tmp_path / "payload-ran"
+    for stage in stages:
+        for rank in (0, 1):
+            outcome = json.loads((tmp_path / stage / f"outcome-rank-{rank}.json").read_text())
+            assert "not a readable DeepSpeed checkpoint" in outcome and "posix.mkdir" in outcome, (stage, outcome)
+        with pytest.raises(CheckpointError, match="posix.mkdir"):
+            consolidated_state_dict(tmp_path / stage)
+    assert not marker.exists(), "a payload ran"
 
 
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])

@@ -282,9 +282,20 @@ def test_a_run_in_use_is_not_resumed_twice(tmp_path, finished_run):
     assert proc.returncode == 2 and len(lines) == 1 and "is being trained by another process" in lines[0]
 
 
-@pytest.mark.parametrize("damage", ["junk", "text", "ints"])
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling runs os.mkdir(marker)
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("damage", ["junk", "text", "ints", "payload"])
 def test_checkpoint_files_that_are_not_ours_are_one_line(tmp_path, finished_run, damage):
-    """Even with a meta.json that matches them (rewritten), foreign files never give a traceback."""
+    """Even with a meta.json that matches them (rewritten), foreign files never give a traceback, and a pickle
+    payload never runs (single-process and DDP checkpoints share these files and their loader)."""
     import json
 
     run = tmp_path / "r"
@@ -295,8 +306,10 @@ def test_checkpoint_files_that_are_not_ours_are_one_line(tmp_path, finished_run,
         target.write_bytes(b"\x80\x04junk")
     elif damage == "text":
         target.write_text("hello")
-    else:
+    elif damage == "ints":
         torch.save({"a": 1, "b": 2}, target)
+    else:
+        torch.save({"a": _Payload(str(tmp_path / "payload-ran"))}, target)
     meta = json.loads((folder / "meta.json").read_text())
     import hashlib
 
@@ -309,3 +322,4 @@ def test_checkpoint_files_that_are_not_ours_are_one_line(tmp_path, finished_run,
         proc = subprocess.run([aef_hpc_exe(), *verb], capture_output=True, text=True, timeout=60)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and "model.pt" in lines[0], proc.stderr
+    assert not (tmp_path / "payload-ran").exists(), "a payload ran"

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import io
 import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -91,6 +92,40 @@ def deepspeed_config(cfg) -> dict:
         "zero_optimization": zero,
         "steps_per_print": 2**62,
     }
+
+
+#: the plain record types DeepSpeed pickles into its checkpoints: the only classes a load may build
+SAFE_TYPES = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Every ``torch.load`` inside runs with ``weights_only=True`` (DeepSpeed's own loaders ask for full unpickling:
+    opening a crafted checkpoint would run its payload), DeepSpeed's record types allow-listed; a file that needs
+    anything else is refused."""
+    types = [getattr(importlib.import_module(module), name) for module, name in SAFE_TYPES]
+    real = torch.load
+
+    def load(*args, **kwargs):
+        return real(*args, **{**kwargs, "weights_only": True})
+
+    with torch.serialization.safe_globals(types):
+        torch.load = load
+        try:
+            yield
+        finally:
+            torch.load = real
+
+
+def _refused(folder: Path, exc: BaseException) -> CheckpointError:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line]  # torch names the global it refused
+    reason = (named or lines or [type(exc).__name__])[0][:200]
+    return CheckpointError(f"{folder}: not a readable DeepSpeed checkpoint, or one holding more than weights ({reason})")
 
 
 def _skip_shm_build() -> None:
@@ -223,7 +258,11 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(folder), tag=TAG)
 
     def load(self, folder: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=True)
+        try:
+            with weights_only_loads():
+                path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=True)
+        except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise _refused(folder, exc) from None
         if path is None:
             raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {TAG}/")
 
@@ -235,13 +274,12 @@ def consolidated_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
     ds_dir = Path(folder) / TAG
     quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # zero_to_fp32 prints its progress
-        try:
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), weights_only_loads():
+        try:  # zero_to_fp32 prints its progress
             if not list(ds_dir.glob("*optim_states.pt")):  # stage 0 with torch's optimizer: whole weights
-                state = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-                weights = state["module"]
+                weights = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
             else:
                 weights = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{folder}: not a readable DeepSpeed checkpoint ({exc})") from None
+        except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise _refused(folder, exc) from None
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
