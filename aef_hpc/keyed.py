@@ -1,7 +1,23 @@
 """Counter-based noise keyed by what it belongs to (floor 0): entry ``j`` of sample ``id`` under ``seeds`` is
 SplitMix64 of ``(seeds, id, j)``, computed with int64 torch ops on any device. Whatever rank, worker, batch or
-position a sample lands on, it gets the same numbers: training dequantization (by epoch and sample), validation and
-evaluation (by ``eval.seed`` and image key), and importance sampling (``KeyedNoise``).
+position a sample lands on, it gets the same numbers.
+
+Where every random number of a run comes from:
+
+========================================  =============================================================
+keyed by sample (any rank count agrees)   seeds (then the sample id)
+========================================  =============================================================
+training dequantization                   ``train.seed, epoch, 0`` (``dequantize_keyed``)
+training denoising noise                  ``train.seed, epoch, 1`` (``keyed_normal``)
+training posterior draws (VAE, IWAE)      ``train.seed, epoch, 2`` (``model_noise``)
+validation and evaluation dequantization  ``eval.seed, 0``
+validation posterior draws                ``eval.seed, 2`` (``model_noise``)
+importance sampling, repeat ``r``         ``eval.seed, 1, r`` (``KeyedNoise``)
+========================================  =============================================================
+
+From a seeded ``torch.Generator``: the proposal-std search, sample grids, FID samples and denoising test noise
+(one process, in stream order). From the global RNG (seeded by ``train.seed``): the initial weights and the
+ActNorm initialisation pass (every rank takes rank 0's), and a bare ``model.loss(x)`` outside the loop.
 """
 
 import hashlib
@@ -62,6 +78,12 @@ def keyed_normal(ids: torch.Tensor, shape, *seeds: int) -> torch.Tensor:
     u1 = keyed_uniform(ids, shape, *seeds, 1)
     u2 = keyed_uniform(ids, shape, *seeds, 2)
     return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)
+
+
+def model_noise(ids: torch.Tensor, *seeds: int) -> "KeyedNoise":
+    """The posterior draws of a stochastic objective (VAE, IWAE) for the samples ``ids``: stream 2 of ``seeds``
+    (``train.seed, epoch`` in training, ``eval.seed`` in validation)."""
+    return KeyedNoise(ids, *seeds, 2)
 
 
 class KeyedNoise:

@@ -222,6 +222,25 @@ def test_no_payload_runs_when_a_crafted_deepspeed_checkpoint_is_opened(tmp_path)
     assert not marker.exists(), "a payload ran"
 
 
+@pytest.mark.parametrize("model", ["vae", "iwae"])
+def test_stochastic_objectives_train_and_validate_on_two_ranks_like_one_process(tmp_path, model):
+    """Posterior draws keyed by (seed, epoch, sample) in training and (eval.seed, sample) in validation: 2 ranks x 32
+    log the objectives of 1 x 64."""
+    args = [*COMMON, f"model.name={model}", "train.steps=6", "train.val_every=3", "eval.num_samples=2",
+            "eval.repeats=1", f"run.out_dir={tmp_path}"]  # fmt: skip
+    launch([aef_hpc_exe(), "train", *args, "train.batch_size=64", "run.name=one"])
+    launch(["bash", "launchers/local.sh", *args, *ENGINES["ddp"], "train.batch_size=32", "run.name=two"], NPROC="2")
+    for split in ("train", "val"):
+        one, two = (
+            {r["step"]: float(r["value"]) for r in read_metrics(tmp_path / name) if r["split"] == split
+             and r["metric"] in ("neg_elbo", "neg_iwae_bound")}
+            for name in ("one", "two")
+        )  # fmt: skip
+        assert one and sorted(one) == sorted(two), split
+        worst = max(abs(two[s] - one[s]) / abs(one[s]) for s in one)
+        assert worst < 1e-4, f"{model} {split}: relative difference {worst:.2e} to one process"
+
+
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])
 def test_gradient_accumulation_on_two_ranks_matches_one_process(tmp_path, engine):
     """train.accumulate=2: DDP's no_sync micro-batches and DeepSpeed's own accumulation give one process's steps."""

@@ -26,10 +26,10 @@ class DDPEngine(SingleEngine):
         self.wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         self._forward = torch.compile(self.wrapped) if compile else self.wrapped
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def _call(self, x: torch.Tensor, noise) -> torch.Tensor:
         last = (self._micro + 1) % self.accumulate == 0
         with contextlib.nullcontext() if last else self.wrapped.no_sync():
-            return self._forward(x)
+            return self._forward(x, noise)
 
     def _agree(self, ok: torch.Tensor) -> torch.Tensor:
         flag = ok.to(torch.int32)

@@ -180,12 +180,12 @@ class DeepSpeedEngine:
         self.skip_threshold = math.inf if skip_threshold is None else skip_threshold
         self._loss_sum = None
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine(x)
+    def loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
+        return self.engine(x, noise)
 
-    def eval_loss(self, x: torch.Tensor) -> torch.Tensor:
+    def eval_loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """Validation in float32, outside DeepSpeed's autocast (ZeRO-3's gathering hooks sit on the module)."""
-        return self.engine.module(x).float()
+        return self.engine.module(x, noise).float()
 
     def _grad_norm(self) -> torch.Tensor:
         """The global L2 norm of the gradients before clipping (collective at ZeRO 1-3); NaN when not finite."""

@@ -56,17 +56,18 @@ class SingleEngine:
         self._autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self._micro, self._loss_sum = 0, None
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-sample training objective ``[B]`` of the wrapped model (bf16 autocast when asked)."""
+    def loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
+        """The per-sample training objective ``[B]`` of the wrapped model (bf16 autocast when asked); ``noise``:
+        the model's own draws (``KeyedNoise``), see ``GenerativeAutoencoder.loss``."""
         with self._autocast:
-            return self._call(x)
+            return self._call(x, noise)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)
+    def _call(self, x: torch.Tensor, noise) -> torch.Tensor:
+        return self._forward(x, noise)
 
-    def eval_loss(self, x: torch.Tensor) -> torch.Tensor:
+    def eval_loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """The objective outside training (validation): the plain model in float32."""
-        return self.model.loss(x)
+        return self.model.loss(x, noise)
 
     def _agree(self, ok: torch.Tensor) -> torch.Tensor:
         """The step decision every rank takes (one process: its own)."""

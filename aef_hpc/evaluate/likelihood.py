@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from ..data import dequantize_keyed, sample_id
 from ..engine.discovery import collective_device
-from ..keyed import KeyedNoise
+from ..keyed import KeyedNoise, model_noise
 from ..models.base import effective_sample_size, log_mean_exp
 
 
@@ -71,13 +71,15 @@ def per_image_nll(
 
 @torch.no_grad()
 def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device) -> float:
-    """``loss_fn`` (a model's objective, in eval mode) averaged over every image of ``batches``, and over every
-    rank's share when a process group is joined (validation). Each image's dequantization noise is keyed by
-    ``(seed, its key)``: the same value on any number of ranks."""
+    """``loss_fn(x, noise)`` (a model's objective, in eval mode) averaged over every image of ``batches``, and over
+    every rank's share when a process group is joined (validation). Each image's dequantization noise is keyed by
+    ``(seed, its key)``, and so are a stochastic objective's posterior draws: the same value on any number of
+    ranks."""
     total = torch.zeros(2, dtype=torch.float64)  # the sum of the objective, the image count
     for keys, images in batches:
         ids = torch.tensor([sample_id(k) for k in keys], device=device)
-        total[0] += loss_fn(dequantize_keyed(images.to(device), levels, ids, seed)).double().sum().cpu()
+        x = dequantize_keyed(images.to(device), levels, ids, seed)
+        total[0] += loss_fn(x, model_noise(ids, seed)).double().sum().cpu()
         total[1] += len(images)
     if dist.is_available() and dist.is_initialized():
         reduced = total.to(collective_device())

@@ -46,6 +46,19 @@ def check_count(name: str, value) -> int:
     return value
 
 
+def draw_normal(generator: torch.Generator | KeyedNoise | None, shape: tuple[int, ...], like: torch.Tensor):
+    """``N(0, 1)`` of ``shape = [k, B, ...]`` in ``like``'s dtype and device: from a ``KeyedNoise`` (each image's
+    draws keyed by its id: independent of its batch, rank and worker), a ``torch.Generator``, or the global RNG."""
+    if isinstance(generator, KeyedNoise):
+        if len(generator.ids) != shape[1]:
+            raise ModelError(f"the noise is keyed for {len(generator.ids)} images but the batch has {shape[1]}")
+        return generator.normal(shape[0], shape[2:]).to(like)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ModelError(f"generator must be a torch.Generator or KeyedNoise, got {type(generator).__name__}")
+    device = generator.device if generator is not None else like.device
+    return torch.randn(*shape, generator=generator, device=device).to(like)
+
+
 def importance_log_weights(
     log_weights: Callable[[torch.Tensor], torch.Tensor],
     noise_shape: tuple[int, ...],
@@ -58,11 +71,7 @@ def importance_log_weights(
     ``chunk_size`` draws at a time. All ``K`` noise draws are made first, so nothing depends on ``chunk_size``."""
     check_count("num_samples", num_samples)
     check_count("chunk_size", chunk_size)
-    if isinstance(generator, KeyedNoise):  # each image's draws keyed by its id: independent of its batch
-        noise = generator.normal(num_samples, noise_shape[1:]).to(like)
-    else:
-        device = generator.device if generator is not None else like.device
-        noise = torch.randn(num_samples, *noise_shape, generator=generator, device=device).to(like)
+    noise = draw_normal(generator, (num_samples, *noise_shape), like)
     return torch.cat([log_weights(noise[i : i + chunk_size]) for i in range(0, num_samples, chunk_size)])
 
 
@@ -186,13 +195,15 @@ class GenerativeAutoencoder(nn.Module):
             raise ModelError(f"initialize: ActNorm {missed[0]} is not on the training objective's path")
 
     # -- interface ---------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``loss(x)``: the per-sample objective ``[B]``. Engines call the module (DDP's and DeepSpeed's wrappers
-        hook ``forward``: gradient reduction, ZeRO-3 parameter gathering), never ``loss`` directly."""
-        return self.loss(x)
+    def forward(self, x: torch.Tensor, noise: KeyedNoise | None = None) -> torch.Tensor:
+        """``loss(x, noise)``: the per-sample objective ``[B]``. Engines call the module (DDP's and DeepSpeed's
+        wrappers hook ``forward``: gradient reduction, ZeRO-3 parameter gathering), never ``loss`` directly."""
+        return self.loss(x, noise)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        """The training objective per sample; ``loss_name`` says which it is."""
+    def loss(self, x: torch.Tensor, noise: KeyedNoise | None = None) -> torch.Tensor:  # pragma: no cover
+        """The training objective per sample; ``loss_name`` says which it is. ``noise``: where a stochastic
+        objective (VAE, IWAE) draws its posterior samples (``KeyedNoise``: by image, so N ranks compute what one
+        process does; ``None``: the global RNG); the AEF objectives are deterministic and ignore it."""
         raise NotImplementedError
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

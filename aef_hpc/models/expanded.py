@@ -39,7 +39,7 @@ class ExpandedAEF(AutoencoderWithinFlow):
         core = self.expansion_point(y) if w is None else w
         return self._embed_core(y, log_det, mu_e, sigma_e, core, deviations=deviations)
 
-    def loss(self, x):
+    def loss(self, x, noise=None):  # deterministic: no noise drawn
         return -self.embed(x, deviations=False).log_prob
 
     def encode(self, x):

@@ -46,7 +46,7 @@ class PartitionAEF(AutoencoderWithinFlow):
     def log_prob(self, x):
         return self.embed(x, deviations=False).log_prob
 
-    def loss(self, x):
+    def loss(self, x, noise=None):  # deterministic: no noise drawn
         return -self.log_prob(x)
 
     def marginal_log_prob(self, x, num_samples: int = 128, chunk_size: int = 32, generator=None):

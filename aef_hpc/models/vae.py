@@ -12,7 +12,14 @@ proposal dropped the epsilon, method.md §5.4).
 
 from .. import kernels
 from ..flows import Bijection
-from .base import GenerativeAutoencoder, check_count, importance_log_weights, standard_normal_log_prob, tile
+from .base import (
+    GenerativeAutoencoder,
+    check_count,
+    draw_normal,
+    importance_log_weights,
+    standard_normal_log_prob,
+    tile,
+)
 
 
 class VAE(GenerativeAutoencoder):
@@ -38,14 +45,15 @@ class VAE(GenerativeAutoencoder):
         return self._log_weight(*tile(context, k), noise.reshape(k * batch, -1)).view(k, batch)
 
     def elbo(self, x, num_samples: int = 1, generator=None):
-        """Monte-Carlo ELBO ``mean_k log w_k`` (a lower bound on ``log p(x)`` in expectation)."""
+        """Monte-Carlo ELBO ``mean_k log w_k`` (a lower bound on ``log p(x)`` in expectation); the draws from
+        ``generator`` (a ``torch.Generator``, ``KeyedNoise`` or ``None``: the global RNG)."""
         check_count("num_samples", num_samples)
         context = self._context(x)
-        noise = self._noise_like(num_samples, x.shape[0], self.latent_dim, generator=generator)
+        noise = draw_normal(generator, (num_samples, x.shape[0], self.latent_dim), next(self.parameters()))
         return self._log_weights(context, noise).mean(dim=0)
 
-    def loss(self, x):
-        return -self.elbo(x)
+    def loss(self, x, noise=None):
+        return -self.elbo(x, generator=noise)
 
     def log_importance_weights(self, x, num_samples=128, chunk_size=32, generator=None):
         """``[K, B]`` log-weights of ``K = num_samples`` posterior draws, ``chunk_size`` at a time."""
@@ -75,5 +83,5 @@ class IWAE(VAE):
         super().__init__(*args, **kwargs)
         self.num_samples = num_samples
 
-    def loss(self, x):
-        return -self.marginal_log_prob(x, self.num_samples, self.num_samples)
+    def loss(self, x, noise=None):
+        return -self.marginal_log_prob(x, self.num_samples, self.num_samples, noise)

@@ -38,6 +38,7 @@ from ..evaluate import (
     write_samples,
 )
 from ..kernels import check_available, use_kernels
+from ..keyed import model_noise
 from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
 from ..signals import CheckpointRequest, sigterm_as_interrupt
@@ -210,8 +211,6 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     with model_scope(ds_config):
         model = model_from_config(cfg.model, data.image_shape).to(device)
-    if info.rank:  # each rank its own model noise (VAE sampling) from here on
-        torch.manual_seed(t.seed + 7919 * info.rank)
     batches = training_batches(data, t.batch_size, 0, 0)
     if resume is None:  # ActNorm from the global first batch, before the engine copies or partitions the model
         epoch, index, first = next(batches)
@@ -286,7 +285,8 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
                 epoch, index, batch = next(batches)
                 state.skipped_samples += batch.skipped
                 x = training_inputs(batch, data.levels, t.seed, epoch, d.noise_std, device)
-                result = engine.backward_and_step(engine.loss(x).mean())
+                noise = model_noise(batch.ids.to(device), t.seed, epoch)  # by sample: any rank count agrees
+                result = engine.backward_and_step(engine.loss(x, noise).mean())
             state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
             if result.stepped:
                 state.skips_in_row = 0
