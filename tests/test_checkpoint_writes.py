@@ -86,3 +86,41 @@ def test_a_folder_left_aside_is_put_back_when_its_replacement_never_came(tmp_pat
     os.replace(root / "step-000004", root / ".step-000004.replaced")
     assert _loaded_marker(tmp_path) == "old"
     assert (root / "step-000004" / "meta.json").is_file() and not (root / ".step-000004.replaced").exists()
+
+
+def test_the_commit_lists_what_the_ranks_reported_and_waits_for_late_files(tmp_path, monkeypatch):
+    """Rank 0 commits from the ranks' own inventories (names, sizes, sha256 sent through the collective), not from a
+    listing of a shared file system: a file another node wrote that shows up late is waited for, one that never
+    shows up is one clear error, a stray file nobody reported is not listed, and two ranks writing one name is
+    refused. (One process stands in for the ranks: their reports are built here as the collective delivers them.)"""
+    import threading
+
+    def report(path):
+        return {"bytes": path.stat().st_size, "sha256": ckpt._sha256(path)}
+
+    monkeypatch.setattr(ckpt, "VISIBLE_WITHIN", 3.0)
+    root = tmp_path / "checkpoints"
+    tmp = root / ".step-000002.tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "model.pt").write_text("rank 0")
+    (tmp / "stray.txt").write_text("not reported")
+    other = tmp_path / "elsewhere.pt"
+    other.write_text("rank 1's shard")
+    reported = [{"model.pt": report(tmp / "model.pt")}, {"zero/shard-1.pt": report(other)}]
+    (tmp / "zero").mkdir()
+    late = threading.Timer(0.5, lambda: other.rename(tmp / "zero" / "shard-1.pt"))
+    late.start()
+    done = ckpt._commit(root, "step-000002", tmp, 2, {}, keep_last=3, best=True, reported=reported)
+    late.join()
+    assert sorted(done.meta["files"]) == ["model.pt", "zero/shard-1.pt"], "the reports, not the listing"
+    open_checkpoint(done.path)
+
+    tmp = root / ".step-000004.tmp"
+    tmp.mkdir()
+    (tmp / "model.pt").write_text("rank 0")
+    monkeypatch.setattr(ckpt, "VISIBLE_WITHIN", 0.3)
+    with pytest.raises(ckpt.CheckpointError, match=r"shard-1.pt \(written by rank 1, 14 bytes\) is not visible"):
+        ckpt._commit(root, "step-000004", tmp, 4, {}, 3, False, reported=reported)
+    with pytest.raises(ckpt.CheckpointError, match="ranks 0 and 1 both wrote model.pt"):
+        ckpt._commit(root, "step-000004", tmp, 4, {}, 3, False, reported=[reported[0], reported[0]])
+    assert find_resumable(tmp_path).step == 2, "nothing half-committed"

@@ -5,6 +5,12 @@ size and sha256 of every other file) is written last, the folder is renamed, and
 (and ``best``) pointer files change, each by an atomic rename. A folder without ``meta.json`` is never loaded;
 one whose files differ from ``meta.json`` (cut by a kill, a full disk) is skipped with a warning naming it.
 
+Several ranks (several nodes): each rank writes its share into its own staging folder ``.rank-R/`` inside the
+temporary one, fsyncs and hashes exactly those files, moves them into place and sends their names, sizes and
+sha256 to rank 0 through the collective; rank 0 commits only when every reported file is there with its size
+(waiting out a shared file system's stale listing up to ``VISIBLE_WITHIN`` seconds), and ``meta.json`` lists
+what the ranks reported, never what a directory listing happens to show.
+
 A committed folder is never removed before its replacement is committed: rewriting a step (a requeue records
 itself in the step just validated) moves the old folder aside to ``.step-NNNNNN.replaced``, renames the new one
 in, then removes the old; a kill between the two renames leaves the old one aside, and the next look at the
@@ -17,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +32,10 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .discovery import on_every_rank, on_rank0
+from .discovery import gathered_objects, on_every_rank, on_rank0, world_info
 
+VISIBLE_WITHIN = 120.0
+"""seconds rank 0 waits for a file another rank reported to show up (NFS attribute caches: up to a minute)"""
 FORMAT = "aef_hpc-checkpoint"
 VERSION = 1
 _STEP = re.compile(r"^step-(\d+)$")
@@ -135,16 +144,58 @@ def save_checkpoint(
         tmp.mkdir()
 
     on_rank0(prepare)
-    on_every_rank(lambda: write(tmp), f"writing {tmp}")
-    return on_rank0(lambda: _commit(root, name, tmp, step, meta, keep_last, best))
+    own = on_every_rank(lambda: _write_own_share(tmp, write), f"writing {tmp}")
+    reported = gathered_objects(own)
+    return on_rank0(lambda: _commit(root, name, tmp, step, meta, keep_last, best, reported))
 
 
-def _commit(root: Path, name: str, tmp: Path, step: int, meta: dict, keep_last: int, best: bool) -> Checkpoint:
+def _write_own_share(tmp: Path, write: Callable[[Path], None]) -> dict:
+    """This rank's ``write`` into its own staging folder; its files fsynced, hashed and moved into ``tmp``.
+    Returns ``{relative path: {"bytes", "sha256"}}`` of exactly the files this rank wrote."""
+    stage = tmp / f".rank-{world_info()[0]}"
+    stage.mkdir()
+    write(stage)
     files = {}
-    for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+    for file in sorted(p for p in stage.rglob("*") if p.is_file()):
         _fsync(file)
-        files[file.relative_to(tmp).as_posix()] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
-    for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+        files[file.relative_to(stage).as_posix()] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    for relative in files:
+        target = tmp / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / relative, target)
+    for folder in {(tmp / relative).parent for relative in files}:
+        _fsync(folder)
+    shutil.rmtree(stage)
+    return files
+
+
+def _merged(reported: list[dict], tmp: Path) -> dict:
+    """One listing of every rank's files; a name two ranks wrote, or a reported file that does not show up in
+    ``tmp`` with its size within ``VISIBLE_WITHIN`` seconds, is a ``CheckpointError``."""
+    files, owner = {}, {}
+    for rank, own in enumerate(reported):
+        for relative, info in own.items():
+            if relative in files:
+                raise CheckpointError(f"{tmp}: ranks {owner[relative]} and {rank} both wrote {relative}")
+            files[relative], owner[relative] = info, rank
+    deadline = time.monotonic() + VISIBLE_WITHIN
+    for relative, info in sorted(files.items()):
+        path = tmp / relative
+        while not (path.is_file() and path.stat().st_size == info["bytes"]):
+            if time.monotonic() > deadline:
+                raise CheckpointError(
+                    f"{path} (written by rank {owner[relative]}, {info['bytes']} bytes) is not visible to rank 0 "
+                    f"after {VISIBLE_WITHIN:g} s: the run folder must be on a file system every node shares"
+                )
+            time.sleep(0.2)
+    return files
+
+
+def _commit(
+    root: Path, name: str, tmp: Path, step: int, meta: dict, keep_last: int, best: bool, reported: list[dict]
+) -> Checkpoint:
+    files = _merged(reported, tmp)
+    for folder in sorted({(tmp / relative).parent for relative in files} | {tmp}, reverse=True):
         _fsync(folder)
     meta = {
         "format": FORMAT,

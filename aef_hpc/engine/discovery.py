@@ -275,6 +275,15 @@ def leave_distributed() -> None:
         dist.destroy_process_group()
 
 
+def gathered_objects(value) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank (one process: ``[value]``)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def barrier() -> None:
     """Wait for every rank (nothing for one process)."""
     if dist.is_available() and dist.is_initialized():
