@@ -20,7 +20,9 @@ from aef_hpc.engine.deepspeed import consolidated_state_dict
 from aef_hpc.errors import CheckpointError
 from aef_hpc.evaluate import restore
 from aef_hpc.evaluate.likelihood import mean_loss
+from aef_hpc.flows.actnorm import ActNorm
 from aef_hpc.models.from_config import model_from_config
+from aef_hpc.train.loop import training_batches, training_inputs
 from aef_hpc.train.run_dir import read_metrics
 from tests.helpers import aef_hpc_exe
 
@@ -109,6 +111,16 @@ def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, floa
             engine, str(tmp_path)])  # fmt: skip
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["parameters_equal"] and result["actnorm_equal"] and result["actnorm_initialized"]
+    # equal on every rank is not enough (identity ActNorms are equal too): one process's initialisation on the
+    # same global first batch (2 x 16 = 1 x 32 images)
+    cfg = load_config(None, ["model.name=aef-center", "train.batch_size=32"])
+    data = open_data(cfg.data)
+    torch.manual_seed(0)
+    model = model_from_config(cfg.model, data.image_shape)
+    model.initialize(training_inputs(next(training_batches(data, 32, 0, 0))[2], data.levels, 0, 0, 0.0, "cpu"))
+    want = torch.cat([p.detach().reshape(-1).float() for m in model.modules() if isinstance(m, ActNorm)
+                      for p in m.parameters(False)])  # fmt: skip
+    torch.testing.assert_close(torch.tensor(result["actnorm_after_init"]), want, rtol=1e-5, atol=1e-6)
     if engine == "zero3":
         print(f"ZeRO-3 share of the parameters per rank: {result['rank_shares']}")
         assert max(result["rank_shares"]) <= 0.55

@@ -3,7 +3,8 @@ ActNorm collectively, wrap it in an engine, take 3 steps, then check what every 
 
 Usage: engine_ranks.py ENGINE OUT   (ENGINE: ddp | zero0 | zero1 | zero2 | zero3)
 Writes OUT/result.json on rank 0: whether all parameters and all ActNorm parameters are identical on every rank,
-the share of parameters each rank holds, and under ZeRO-3 a checkpoint (OUT/ckpt), 6 samples drawn with gathered
+the ActNorm parameters right after the collective initialisation (to compare with one process's), the share of
+parameters each rank holds, and under ZeRO-3 a checkpoint (OUT/ckpt), 6 samples drawn with gathered
 parameters (OUT/samples.pt) and the validation NLL computed through the engine (to compare with the export).
 """
 
@@ -49,6 +50,8 @@ def main(engine_name: str, out: str) -> None:
     batches = training_batches(data, cfg.train.batch_size, 0, 0)
     first = training_inputs(next(batches)[2], data.levels, 0, 0, 0.0, device)
     initialize_collectively(model, first)
+    with gathered(model):
+        initialised = _flat(model, ActNorm).tolist()
     engine = _build_engine(cfg, model, ds_config)
     for _ in range(3):
         epoch, _, batch = next(batches)
@@ -62,6 +65,7 @@ def main(engine_name: str, out: str) -> None:
             "parameters_equal": _same_on_every_rank(_flat(net)),
             "actnorm_equal": _same_on_every_rank(_flat(net, ActNorm)),
             "actnorm_initialized": all(bool(m.initialized) for m in net.modules() if isinstance(m, ActNorm)),
+            "actnorm_after_init": initialised,
         }
     if engine_name == "zero3":
         out.mkdir(exist_ok=True)
