@@ -72,10 +72,10 @@ def _open_trained(path, overrides, device=None):
 def _eval(args) -> int:
     import torch
 
-    from .engine.discovery import discover, init_distributed, leave_distributed
     from .evaluate import check_fid_weights, evaluate, resolve_device
     from .evaluate.evaluation import check_world
     from .kernels import use_kernels
+    from .process_group import discover, init_distributed, leave_distributed
 
     # restored on the CPU: each rank then moves it to its own device (never every rank to cuda:0 first)
     trained, data = _open_trained(args.path, args.overrides, device=torch.device("cpu"))

@@ -76,7 +76,8 @@ def main() -> int:
                     compile_for(target, programs.forward_program, dtype, dict(meta, PARTIAL=512))
                     count += 1
                 for grad_a, grad_b, grad_c, has_grad_out in backwards:
-                    meta = dict(common, MATH=op.backward, UNREAD=unread, HAS_MASK=mask, HAS_GRAD_OUT=has_grad_out, ROWS=16)
+                    meta = dict(common, MATH=op.backward, UNREAD=unread, HAS_MASK=mask, HAS_GRAD_OUT=has_grad_out)
+                    meta.update(ROWS=16)
                     meta.update(GRAD_A=grad_a, GRAD_B=grad_b, GRAD_C=grad_c, BLOCK=512)
                     compile_for(target, programs.backward_program, dtype, meta)
                     count += 1

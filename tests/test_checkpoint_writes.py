@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+
 from aef_hpc.engine import checkpoint as ckpt
 from aef_hpc.engine import find_resumable, open_checkpoint
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from aef_hpc.data import dequantize_keyed, keyed_uniform, sample_id
-from aef_hpc.engine.discovery import (
+from aef_hpc.errors import ConfigError, DistributedError
+from aef_hpc.noise import _GAMMA, _mix_int
+from aef_hpc.process_group import (
     ProcessInfo,
     check_devices,
     discover,
@@ -13,8 +15,6 @@ from aef_hpc.engine.discovery import (
     rank_device,
     tasks_on_node,
 )
-from aef_hpc.errors import ConfigError, DistributedError
-from aef_hpc.keyed import _GAMMA, _mix_int
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,8 @@ def test_gpu_settings_that_cannot_work(monkeypatch):
 
 def test_an_explicit_gpu_is_honoured_in_one_process_and_refused_under_a_launcher():
     """No GPU here: the choice of device is a pure function of the process, the asked device and the GPU count."""
-    one, torchrun = ProcessInfo(), ProcessInfo(rank=1, world_size=2, local_rank=1, local_world_size=2, source="torchrun")
+    one = ProcessInfo()
+    torchrun = ProcessInfo(rank=1, world_size=2, local_rank=1, local_world_size=2, source="torchrun")
     assert rank_device(one, torch.device("cuda:1"), visible=2) == torch.device("cuda:1")
     assert rank_device(one, torch.device("cuda"), visible=2) == torch.device("cuda:0")
     assert rank_device(torchrun, torch.device("cuda"), visible=2) == torch.device("cuda:1")

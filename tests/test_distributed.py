@@ -210,7 +210,8 @@ def test_bad_steps_are_skipped_before_any_engine_steps(tmp_path):
     for engine in engines:
         result = torch.load(tmp_path / f"{engine}.pt")
         assert [s[0] for s in result["steps"]] == taken, engine
-        for (_, loss, lr, norm), (_, want_loss, want_lr, want_norm) in zip(result["steps"], reference["steps"]):
+        for got, want in zip(result["steps"], reference["steps"], strict=True):
+            (_, loss, lr, norm), (_, want_loss, want_lr, want_norm) = got, want
             assert lr == want_lr, f"{engine}: the LR schedule must advance on skipped steps too"
             assert loss == pytest.approx(want_loss, rel=1e-5, nan_ok=True), engine
             assert norm == pytest.approx(want_norm, rel=1e-4, nan_ok=True), engine

@@ -143,13 +143,16 @@ def test_interrupted_evaluation_records_are_reused_only_for_the_same_weights_dev
 
     trained = restore(runs / "center")
     settings = evaluation._settings(trained)
-    other_weights = dict(trained.checkpoint.meta, files={**trained.checkpoint.meta["files"], "model.pt": {"bytes": 1, "sha256": "0" * 64}})
-    remade = types.SimpleNamespace(**{**vars(trained), "checkpoint": Checkpoint(trained.checkpoint.path, other_weights)})
+    files = {**trained.checkpoint.meta["files"], "model.pt": {"bytes": 1, "sha256": "0" * 64}}
+    remade = Checkpoint(trained.checkpoint.path, dict(trained.checkpoint.meta, files=files))
+    remade = types.SimpleNamespace(**{**vars(trained), "checkpoint": remade})
     assert evaluation._settings(remade)["weights"] != settings["weights"]
-    assert evaluation._settings(types.SimpleNamespace(**{**vars(trained), "device": torch.device("meta")})) != settings
+    on_meta = types.SimpleNamespace(**{**vars(trained), "device": torch.device("meta")})
+    assert evaluation._settings(on_meta) != settings
     out, counts = tmp_path / "eval", {"test-000000": 2}
     assert evaluation._finished_shards(out, counts, settings) == set()
-    evaluation._write_csv(out / evaluation.RECORDS / "test-000000.csv", ["key", "nll_nats", "ess"], [("a", 1.0, None), ("b", 2.0, None)])
+    rows = [("a", 1.0, None), ("b", 2.0, None)]
+    evaluation._write_csv(out / evaluation.RECORDS / "test-000000.csv", ["key", "nll_nats", "ess"], rows)
     assert evaluation._finished_shards(out, counts, settings) == {"test-000000"}, "same settings: reused"
     with pytest.warns(UserWarning, match="records of other settings discarded"):
         assert evaluation._finished_shards(out, counts, evaluation._settings(remade)) == set()

@@ -125,8 +125,8 @@ def test_importance_sampling_repeats_draw_new_samples(name):
     """Each of ``repeats`` estimates uses its own K draws: the mean of two repeats is not one repeat's value, and it
     equals the mean of the two estimates made from each repeat's keyed draws."""
     from aef_hpc.evaluate.likelihood import per_image_nll
-    from aef_hpc.keyed import KeyedNoise
     from aef_hpc.models.base import log_mean_exp
+    from aef_hpc.noise import KeyedNoise
 
     model = randomize(two_pixel_model(name), 0.2)
     images = (torch.rand(6, 1, 1, 2, generator=torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)

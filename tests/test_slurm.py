@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aef_hpc.engine.discovery import expand_nodelist
+from aef_hpc.process_group import expand_nodelist
 from tests.test_distributed import COMMON, ENGINES, ROOT, VENV_BIN, assert_same_losses, launch, train_losses
 
 SCRIPTS = ROOT / "scripts" / "slurm-local"

@@ -49,8 +49,8 @@ def throughput_worker(name: str, images: int, num_samples: int) -> None:
     import torch.distributed as dist
 
     from ..data import dequantize_keyed, sample_id
-    from ..engine.discovery import discover, init_distributed, leave_distributed
     from ..evaluate.likelihood import per_image_nll
+    from ..process_group import discover, init_distributed, leave_distributed
 
     device = init_distributed(discover(), torch.device("cuda" if torch.cuda.is_available() else "cpu"), force=True)
     model = _model(name).to(device)

@@ -91,8 +91,8 @@ def worker(engine_name: str, warmup: int, repeats: int) -> None:
 
     from ..config import load_config
     from ..engine.deepspeed import deepspeed_config, model_scope
-    from ..engine.discovery import discover, init_distributed, leave_distributed
     from ..models.from_config import model_from_config
+    from ..process_group import discover, init_distributed, leave_distributed
     from ..train.collective import initialize_collectively
     from ..train.loop import _build_engine
 

@@ -8,7 +8,7 @@ evaluation by shard ``shard_counts(split)`` and ``eval_stream(split, batch_size,
 """
 
 from ..config import DataConfig
-from ..keyed import keyed_normal, keyed_uniform, sample_id
+from ..noise import keyed_normal, keyed_uniform, sample_id
 from .dequantize import dequantize, dequantize_keyed
 from .digits import Splits, load_digits_images, load_embedded, split
 from .manifest import Manifest

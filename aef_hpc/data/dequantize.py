@@ -7,7 +7,7 @@ ranks train and evaluate exactly what one process would.
 
 import torch
 
-from ..keyed import keyed_uniform
+from ..noise import keyed_uniform
 
 
 def dequantize(images: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:

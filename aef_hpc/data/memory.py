@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..engine.discovery import world_info
+from ..process_group import world_info
 from .digits import Splits
 from .stream import Batch
 

@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from ..engine.discovery import collective_device, world_info
 from ..errors import DataError
-from ..keyed import sample_id
+from ..noise import sample_id
+from ..process_group import collective_device, world_info
 from .codec import DECLARED, CorruptSample, decode_sample
 from .manifest import Manifest
 from .tar import tar_members

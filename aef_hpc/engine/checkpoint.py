@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .discovery import gathered_objects, on_every_rank, on_rank0, world_info
+from ..process_group import gathered_objects, on_every_rank, on_rank0, world_info
 
 VISIBLE_WITHIN = 120.0
 """seconds rank 0 waits for a file another rank reported to show up (NFS attribute caches: up to a minute)"""

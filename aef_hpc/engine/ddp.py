@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .discovery import world_info
+from ..process_group import world_info
 from .single import SingleEngine
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from ..errors import CheckpointError, ConfigError
-from .discovery import collective_device
+from ..process_group import collective_device
 from .single import StepResult
 
 #: train.* keys own these: a preset that sets one would contradict them
@@ -125,7 +125,9 @@ def _refused(folder: Path, exc: BaseException) -> CheckpointError:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     named = [line for line in lines if "GLOBAL" in line]  # torch names the global it refused
     reason = (named or lines or [type(exc).__name__])[0][:200]
-    return CheckpointError(f"{folder}: not a readable DeepSpeed checkpoint, or one holding more than weights ({reason})")
+    return CheckpointError(
+        f"{folder}: not a readable DeepSpeed checkpoint, or one holding more than weights ({reason})"
+    )
 
 
 def _skip_shm_build() -> None:

@@ -7,7 +7,7 @@ import socket
 
 import torch
 
-from .discovery import backend_for, discover
+from ..process_group import backend_for, discover
 
 PACKAGES = ("torch", "deepspeed", "triton", "mpi4py", "mpich", "webdataset", "omegaconf", "safetensors")
 

@@ -26,10 +26,10 @@ import torch
 
 from ..data import dequantize
 from ..engine.checkpoint import write_atomic
-from ..engine.discovery import on_every_rank, on_rank0, world_info
 from ..errors import ConfigError, DataError
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
+from ..process_group import on_every_rank, on_rank0, world_info
 from .likelihood import PerImage, first_images, limited, per_image_nll
 from .restore import Trained
 

@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 
 from ..data import dequantize_keyed, sample_id
-from ..engine.discovery import collective_device
-from ..keyed import KeyedNoise, model_noise
 from ..models.base import effective_sample_size, log_mean_exp
+from ..noise import KeyedNoise, model_noise
+from ..process_group import collective_device
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch import nn
 from .. import kernels
 from ..errors import DataError, ModelError
 from ..flows import ActNorm, Bijection, Composite, LogitPreprocess
-from ..keyed import KeyedNoise
+from ..noise import KeyedNoise
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

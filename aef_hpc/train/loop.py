@@ -25,7 +25,6 @@ from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkp
 from ..engine.checkpoint import load_file, point_best, step_name, write_atomic
 from ..engine.ddp import DDPEngine
 from ..engine.deepspeed import DeepSpeedEngine, deepspeed_config, model_scope
-from ..engine.discovery import barrier, discover, init_distributed, leave_distributed, on_rank0
 from ..errors import AEFError, CheckpointError, ConfigError, DataError
 from ..evaluate import (
     check_fid_weights,
@@ -38,11 +37,21 @@ from ..evaluate import (
     write_samples,
 )
 from ..kernels import check_available, use_kernels
-from ..keyed import model_noise
 from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
+from ..noise import model_noise
+from ..process_group import (
+    any_rank,
+    barrier,
+    discover,
+    init_distributed,
+    leave_distributed,
+    mean_over_ranks,
+    on_rank0,
+    world_sum,
+)
 from ..signals import CheckpointRequest, sigterm_as_interrupt
-from .collective import any_rank, initialize_collectively, mean_over_ranks, rank_file, world_sum
+from .collective import initialize_collectively, rank_file
 from .ema import EMA
 from .progress import Progress
 from .run_dir import MetricsLog, SilentLog, lock_run, new_run_dir, read_metrics, write_env
@@ -140,7 +149,7 @@ def training_inputs(batch, levels: int, seed: int, epoch: int, noise_std: float,
 
 
 def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult | None:
-    """Train (on every rank of a job: see ``engine.discovery``); rank 0 returns the result, other ranks ``None``."""
+    """Train (on every rank of a job: see ``process_group``); rank 0 returns the result, other ranks ``None``."""
     with use_kernels(cfg.kernels), sigterm_as_interrupt(), CheckpointRequest() as request:
         return _train(cfg, progress, resume, request)
 

@@ -21,8 +21,9 @@ NO_GRAD, PER_ENTRY, SUMMED_OVER_ROWS = 0, 1, 2
 
 @triton.jit
 def _load(
-    a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, OPERANDS: tl.constexpr, UNREAD: tl.constexpr, ACC: tl.constexpr
-):
+    a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live,
+    OPERANDS: tl.constexpr, UNREAD: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
     """One row's chunk of each operand in the compute dtype (a one-operand op gets ``a`` three times); the
     operands in the bitmask ``UNREAD`` (1: a, 2: b, 4: c) are not read: zeros."""
     a = tl.zeros(cols.shape, ACC) if UNREAD & 1 else tl.load(a_ptr + row * a_rs + cols, mask=live, other=0.5).to(ACC)

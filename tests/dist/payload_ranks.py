@@ -18,7 +18,7 @@ from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
 from aef_hpc.engine.deepspeed import deepspeed_config, model_scope
-from aef_hpc.engine.discovery import discover, init_distributed, leave_distributed
+from aef_hpc.process_group import discover, init_distributed, leave_distributed
 from aef_hpc.errors import CheckpointError
 from aef_hpc.models.from_config import model_from_config
 from aef_hpc.train.collective import initialize_collectively

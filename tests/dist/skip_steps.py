@@ -17,9 +17,9 @@ from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
 from aef_hpc.engine.deepspeed import deepspeed_config, gathered, model_scope
-from aef_hpc.engine.discovery import discover, init_distributed, leave_distributed
+from aef_hpc.process_group import discover, init_distributed, leave_distributed, mean_over_ranks
 from aef_hpc.models.from_config import model_from_config
-from aef_hpc.train.collective import initialize_collectively, mean_over_ranks
+from aef_hpc.train.collective import initialize_collectively
 from aef_hpc.train.loop import _build_engine, training_batches, training_inputs
 
 STEPS = 6

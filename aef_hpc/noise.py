@@ -1,6 +1,6 @@
-"""Counter-based noise keyed by what it belongs to (floor 0): entry ``j`` of sample ``id`` under ``seeds`` is
-SplitMix64 of ``(seeds, id, j)``, computed with int64 torch ops on any device. Whatever rank, worker, batch or
-position a sample lands on, it gets the same numbers.
+"""Where every random number comes from, and the counter-based noise keyed by what it belongs to (floor 0): entry
+``j`` of sample ``id`` under ``seeds`` is SplitMix64 of ``(seeds, id, j)``, computed with int64 torch ops on any
+device. Whatever rank, worker, batch or position a sample lands on, it gets the same numbers.
 
 Where every random number of a run comes from:
 

@@ -1,4 +1,5 @@
-"""Process discovery: who am I among how many, and where do we meet.
+"""The process group, below ``data/`` and ``engine/`` (floor 0): who am I among how many, where do we meet, and
+the collectives every floor uses (``on_rank0``, ``on_every_rank``, ``barrier``, means, sums and flags over ranks).
 
 Order (design.md): torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; also set by DeepSpeed's
 launcher), then SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, the first host of
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, DistributedError
+from .errors import ConfigError, DistributedError
 
 DEFAULT_PORT = 29500
 
@@ -277,7 +278,7 @@ def leave_distributed() -> None:
 
 def gathered_objects(value) -> list:
     """Every rank's ``value`` (picklable), in rank order, on every rank (one process: ``[value]``)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not joined():
         return [value]
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
@@ -327,3 +328,35 @@ def on_every_rank(fn, what: str):
     if error is not None:
         raise error
     return result
+
+
+def joined() -> bool:
+    """Whether a process group of more than one rank is joined."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over ranks."""
+    if not joined():
+        return value
+    reduced = value.detach().to(collective_device(), torch.float64).reshape(1)
+    dist.all_reduce(reduced)
+    return (reduced / dist.get_world_size()).to(value.device).reshape(())
+
+
+def world_sum(value: float) -> float:
+    """The sum of a number over ranks."""
+    if not joined():
+        return value
+    reduced = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(reduced)
+    return reduced.item()
+
+
+def any_rank(flag: bool) -> bool:
+    """``True`` on every rank when ``flag`` is true on one (a signal that reached only some ranks)."""
+    if not joined():
+        return flag
+    reduced = torch.tensor([int(flag)], device=collective_device())
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return bool(reduced.item())
