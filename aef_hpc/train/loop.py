@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from ..metrics import bits_per_dim
 from ..models.from_config import model_from_config
 from ..noise import model_noise
 from ..process_group import (
+    ProcessInfo,
     any_rank,
     barrier,
     discover,
@@ -215,7 +217,75 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> R
         lock.clear()
 
 
+@dataclass
+class Training:
+    """One rank's training: what it trains, where it writes, and where it stands (``state``, saved in every
+    checkpoint). ``_train_ranks`` reads top to bottom; each part of a step is a named function of this object."""
+
+    cfg: Config
+    info: ProcessInfo
+    device: torch.device
+    data: object
+    model: torch.nn.Module
+    engine: object
+    ema: EMA | None
+    state: TrainState
+    run_dir: Path
+    log: MetricsLog | SilentLog
+    batches: Iterator
+    running: torch.Tensor
+    """this rank's objective summed (float64) over the steps since the last log line, and their count"""
+    counted: int
+    saved_step: int | None = None
+    """the step of the newest checkpoint this process wrote"""
+
+    @property
+    def main(self) -> bool:
+        return self.info.rank == 0
+
+
 def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped, request, lock):
+    tr = _start(cfg, resume, info, ds_config, device, data, dropped, lock)
+    t, state = cfg.train, tr.state
+    bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and tr.main, t.progress_every)
+    if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
+        state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
+    last = state.step if state.stopped_early else t.steps
+    try:
+        for step in range(state.step + 1, last + 1):
+            result = _take_step(tr, step)
+            _count_step(tr, step, result)
+            if step % t.log_every == 0 and tr.counted:
+                _log_training(tr, step, result, bar)
+            # no validation or checkpoint inside a run of skipped steps (the newest checkpoint stays a good one):
+            # a validation due then runs at the next good step
+            state.validation_due |= step % t.val_every == 0 or step == t.steps
+            if state.validation_due and not state.skips_in_row:
+                _validate_and_checkpoint(tr, step, bar)
+            elif t.checkpoint_every and step % t.checkpoint_every == 0 and not state.skips_in_row:
+                tr.log.flush()
+                _checkpoint(tr, best=False)
+            if any_rank(request.pending()):  # every rank stops at the same step boundary
+                _stop_for_requeue(tr)
+            bar.step(step)
+            if state.stopped_early:
+                break
+        _check_finished(tr)
+    except BaseException as exc:
+        bar.close()
+        tr.log.close()
+        explained = _explain_stop(tr, exc, new_run=resume is None)
+        if explained is None:
+            raise
+        raise explained from None
+    bar.close()
+    tr.log.close()
+    return tr.run_dir, cfg, data, state.best_step
+
+
+def _start(cfg: Config, resume, info, ds_config, device, data, dropped: int, lock: dict) -> Training:
+    """The model (ActNorm initialised from the global first batch, unless resumed), its engine and EMA, and the
+    run folder: a new one, or the state of the run being resumed."""
     d, t = cfg.data, cfg.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     with model_scope(ds_config):
@@ -228,191 +298,195 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     engine = _build_engine(cfg, model, ds_config)
     ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
     state = TrainState(skipped_samples=dropped)
-
-    # -- a new run folder, or the state of the run being resumed ---------------------------------------------------
-    main = info.rank == 0
-
-    def claim() -> Path:  # rank 0 (its errors are raised on every rank: none waits for it in a collective)
-        run_dir = new_run_dir(cfg) if resume is None else resume.run_dir
-        lock["run"] = lock_run(run_dir)
-        return run_dir
-
-    run_dir = on_rank0(claim)
+    # rank 0 claims the folder (its errors are raised on every rank: none waits for it in a collective)
+    run_dir = on_rank0(lambda: _claim_run_dir(cfg, resume, lock))
     if resume is not None:
         engine.load(resume.path)
         state = _load_train_state(resume.path, ema, device)
         batches = training_batches(data, t.batch_size, state.epoch, state.batch_in_epoch)
+    on_rank0(lambda: _describe_run(run_dir, cfg, state, resume, device, info.world_size))
+    log = MetricsLog(run_dir, None if resume is None else state.step) if info.rank == 0 else SilentLog()
+    running = torch.tensor(state.loss_sum, dtype=torch.float64, device=device)
+    return Training(
+        cfg, info, device, data, model, engine, ema, state, run_dir, log, batches, running, state.loss_count
+    )
 
-    def describe() -> None:
-        if resume is not None:
-            point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
-            print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
-        write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-        write_env(run_dir, device, world_size=info.world_size, resumed_from=None if resume is None else state.step)
 
-    on_rank0(describe)
-    log = MetricsLog(run_dir, None if resume is None else state.step) if main else SilentLog()
-    saved = {"step": None}
+def _claim_run_dir(cfg: Config, resume, lock: dict) -> Path:
+    """Rank 0: a new run folder (or the resumed one), locked until the final test is written."""
+    run_dir = new_run_dir(cfg) if resume is None else resume.run_dir
+    lock["run"] = lock_run(run_dir)
+    return run_dir
 
-    def checkpoint(best: bool) -> None:
-        # each rank's own exact float64 partial sum: a resumed rank adds the same losses to the same value
-        state.loss_sum, state.loss_count = running.item(), counted
-        saved["step"] = state.step
 
-        def write(folder: Path) -> None:
-            engine.save(folder)
-            torch.save({**_rng_state(device), "loss_sum": state.loss_sum}, rank_file(folder, "rng"))
-            if main:
-                torch.save({**vars(state), "ema": None if ema is None else ema.state_dict()}, folder / "train_state.pt")
-                (folder / "config.yaml").write_text(to_yaml(cfg))
+def _describe_run(run_dir: Path, cfg: Config, state: TrainState, resume, device, world_size: int) -> None:
+    """Rank 0: the resolved config and this start's environment; on resume, the ``best`` pointer repaired."""
+    if resume is not None:
+        point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
+        print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
+    write_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    write_env(run_dir, device, world_size=world_size, resumed_from=None if resume is None else state.step)
 
-        meta = {
-            "epoch": state.epoch,
-            "batch_in_epoch": state.batch_in_epoch,
-            "engine": engine.name,
-            "world_size": info.world_size,
-            "zero_stage": getattr(engine, "stage", None),
-            "requeues": state.requeues,
-            "model": cfg.model.name,
-            "image_shape": list(data.image_shape),
-            "levels": data.levels,
-            "validation": state.last_val or None,
-        }
-        save_checkpoint(run_dir, state.step, write, meta, cfg.run.keep_last, best)
 
-    # -- the steps ------------------------------------------------------------------------------------------------
-    objective = model.loss_name
-    bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and main, t.progress_every)
-    running, counted = torch.tensor(state.loss_sum, dtype=torch.float64, device=device), state.loss_count
-    if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
-        state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
-    last = state.step if state.stopped_early else t.steps
-    try:
-        for step in range(state.step + 1, last + 1):
-            model.train()
-            for _ in range(t.accumulate):
-                epoch, index, batch = next(batches)
-                state.skipped_samples += batch.skipped
-                x = training_inputs(batch, data.levels, t.seed, epoch, d.noise_std, device)
-                noise = model_noise(batch.ids.to(device), t.seed, epoch)  # by sample: any rank count agrees
-                result = engine.backward_and_step(engine.loss(x, noise).mean())
-            state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
-            if result.stepped:
-                state.skips_in_row = 0
-                running, counted = running + result.loss.detach().double(), counted + 1
-                if ema is not None:
-                    ema.update()
-            else:
-                state.skipped_steps += 1
-                state.skips_in_row += 1
-                log.log(step, "train", "skipped_step_grad_norm", result.grad_norm.item())
-                if state.skips_in_row >= t.max_skips:
-                    good = complete_checkpoints(run_dir)
-                    kept = f"the last good checkpoint is {good[0].path}" if good else "no checkpoint was written yet"
-                    raise TrainingDiverged(
-                        f"{state.skips_in_row} steps in a row were skipped (loss or gradient norm not finite or "
-                        f"above train.skip_threshold={t.skip_threshold}) at step {step}: lower train.lr or raise "
-                        f"train.skip_threshold; {kept}"
-                    )
-            if step % t.log_every == 0 and counted:
-                value = mean_over_ranks(running / counted).item()  # a host synchronisation every log_every steps
-                running, counted = torch.zeros((), dtype=torch.float64, device=device), 0
-                log.log(step, "train", objective, value)
-                log.log(step, "train", "lr", result.lr)
-                log.log(step, "train", "epoch", epoch)
-                log.log(step, "train", "skipped_samples", round(world_sum(state.skipped_samples)))
-                log.log(step, "train", "skipped_steps", state.skipped_steps)
-                shown = {objective: f"{value:.2f}"}
-                if objective in ("nll", "neg_elbo", "neg_iwae_bound"):
-                    shown["bpd"] = f"{bits_per_dim(value, model.num_dims, data.levels):.3f}"
-                bar.show(**shown)
-            # no validation or checkpoint inside a run of skipped steps (the newest checkpoint stays a good one):
-            # a validation due then runs at the next good step
-            state.validation_due |= step % t.val_every == 0 or step == t.steps
-            if state.validation_due and not state.skips_in_row:
-                state.validation_due = False
-                with ema.applied() if ema is not None else contextlib.nullcontext():
-                    model.eval()
-                    val = mean_loss(
-                        engine.eval_loss,
-                        data.eval_batches("val", cfg.eval.batch_size),
-                        data.levels,
-                        cfg.eval.seed,
-                        device,
-                    )
-                log.log(step, "val", objective, val)
-                state.last_val = {objective: val}
-                bar.show(val=f"{val:.2f}")
-                best = math.isfinite(val) and val < state.best_val
-                if best:
-                    state.best_val, state.best_step = val, step
-                state.stopped_early = bool(t.patience) and step - state.best_step >= t.patience and step < t.steps
-                if state.stopped_early:
-                    log.log(step, "train", "early_stop", 1)
-                log.flush()  # the log first: a kill during the checkpoint loses no line written before it
-                checkpoint(best)
-            elif t.checkpoint_every and step % t.checkpoint_every == 0 and not state.skips_in_row:
-                log.flush()
-                checkpoint(best=False)
-            if any_rank(request.pending()):  # every rank stops at the same step boundary
-                _stop_for_requeue(state, cfg, checkpoint, log, main, saved["step"] == step)
-            bar.step(step)
-            if state.stopped_early:
-                break
-        if not state.last_val:
-            raise TrainingDiverged(
-                f"no validation ran: every one fell inside a run of skipped steps (train.skip_threshold="
-                f"{t.skip_threshold}); lower train.lr or raise train.skip_threshold"
-            )
-        if not math.isfinite(state.best_val):
-            raise TrainingDiverged(
-                f"every validation of {objective} was non-finite (last: {state.last_val.get(objective)}): no best "
-                "checkpoint to evaluate; lower train.lr, set train.skip_threshold, or check the data"
-            )
-    except BaseException as exc:
-        bar.close()
-        log.close()
-        found = complete_checkpoints(run_dir)
-        if resume is None and not found:  # a new run that failed before its first checkpoint leaves nothing
-            if main:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            if isinstance(exc, KeyboardInterrupt):
-                raise Interrupted(
-                    f"interrupted at step {state.step}, before the first checkpoint: nothing kept"
-                ) from None
-            if isinstance(exc, Preempted):
-                raise Preempted(
-                    f"SIGUSR1 at step {state.step}, before the first checkpoint: nothing kept (a requeued job "
-                    "starts the run again)"
-                ) from None
-            raise
+def _take_step(tr: Training, step: int):
+    """``train.accumulate`` micro-batches, then the engine's step (or skip): its ``StepResult``."""
+    t, state = tr.cfg.train, tr.state
+    tr.model.train()
+    for _ in range(t.accumulate):
+        epoch, index, batch = next(tr.batches)
+        state.skipped_samples += batch.skipped
+        x = training_inputs(batch, tr.data.levels, t.seed, epoch, tr.cfg.data.noise_std, tr.device)
+        noise = model_noise(batch.ids.to(tr.device), t.seed, epoch)  # by sample: any rank count agrees
+        result = tr.engine.backward_and_step(tr.engine.loss(x, noise).mean())
+    state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
+    return result
+
+
+def _count_step(tr: Training, step: int, result) -> None:
+    """A taken step joins the logged mean and the EMA; ``train.max_skips`` skipped in a row stop the run."""
+    state, t = tr.state, tr.cfg.train
+    if result.stepped:
+        state.skips_in_row = 0
+        tr.running, tr.counted = tr.running + result.loss.detach().double(), tr.counted + 1
+        if tr.ema is not None:
+            tr.ema.update()
+        return
+    state.skipped_steps += 1
+    state.skips_in_row += 1
+    tr.log.log(step, "train", "skipped_step_grad_norm", result.grad_norm.item())
+    if state.skips_in_row >= t.max_skips:
+        good = complete_checkpoints(tr.run_dir)
+        kept = f"the last good checkpoint is {good[0].path}" if good else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"{state.skips_in_row} steps in a row were skipped (loss or gradient norm not finite or above "
+            f"train.skip_threshold={t.skip_threshold}) at step {step}: lower train.lr or raise "
+            f"train.skip_threshold; {kept}"
+        )
+
+
+def _log_training(tr: Training, step: int, result, bar: Progress) -> None:
+    """The mean objective over ranks and steps since the last line (one host synchronisation), LR and counts."""
+    state, objective = tr.state, tr.model.loss_name
+    value = mean_over_ranks(tr.running / tr.counted).item()
+    tr.running, tr.counted = torch.zeros((), dtype=torch.float64, device=tr.device), 0
+    tr.log.log(step, "train", objective, value)
+    tr.log.log(step, "train", "lr", result.lr)
+    tr.log.log(step, "train", "epoch", state.epoch)
+    tr.log.log(step, "train", "skipped_samples", round(world_sum(state.skipped_samples)))
+    tr.log.log(step, "train", "skipped_steps", state.skipped_steps)
+    shown = {objective: f"{value:.2f}"}
+    if objective in ("nll", "neg_elbo", "neg_iwae_bound"):
+        shown["bpd"] = f"{bits_per_dim(value, tr.model.num_dims, tr.data.levels):.3f}"
+    bar.show(**shown)
+
+
+def _validate_and_checkpoint(tr: Training, step: int, bar: Progress) -> None:
+    """The validation objective (EMA weights when kept), the best step and early stopping, then a checkpoint."""
+    state, t, objective = tr.state, tr.cfg.train, tr.model.loss_name
+    state.validation_due = False
+    with tr.ema.applied() if tr.ema is not None else contextlib.nullcontext():
+        tr.model.eval()
+        batches = tr.data.eval_batches("val", tr.cfg.eval.batch_size)
+        val = mean_loss(tr.engine.eval_loss, batches, tr.data.levels, tr.cfg.eval.seed, tr.device)
+    tr.log.log(step, "val", objective, val)
+    state.last_val = {objective: val}
+    bar.show(val=f"{val:.2f}")
+    best = math.isfinite(val) and val < state.best_val
+    if best:
+        state.best_val, state.best_step = val, step
+    state.stopped_early = bool(t.patience) and step - state.best_step >= t.patience and step < t.steps
+    if state.stopped_early:
+        tr.log.log(step, "train", "early_stop", 1)
+    tr.log.flush()  # the log first: a kill during the checkpoint loses no line written before it
+    _checkpoint(tr, best)
+
+
+def _checkpoint(tr: Training, best: bool) -> None:
+    """A checkpoint of this step on every rank (collective): the engine's state, each rank's RNG states and exact
+    partial loss sum, and (rank 0) the training state, EMA and config."""
+    state = tr.state
+    # each rank's own exact float64 partial sum: a resumed rank adds the same losses to the same value
+    state.loss_sum, state.loss_count = tr.running.item(), tr.counted
+    tr.saved_step = state.step
+
+    def write(folder: Path) -> None:
+        tr.engine.save(folder)
+        torch.save({**_rng_state(tr.device), "loss_sum": state.loss_sum}, rank_file(folder, "rng"))
+        if tr.main:
+            ema = None if tr.ema is None else tr.ema.state_dict()
+            torch.save({**vars(state), "ema": ema}, folder / "train_state.pt")
+            (folder / "config.yaml").write_text(to_yaml(tr.cfg))
+
+    meta = {
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "engine": tr.engine.name,
+        "world_size": tr.info.world_size,
+        "zero_stage": getattr(tr.engine, "stage", None),
+        "requeues": state.requeues,
+        "model": tr.cfg.model.name,
+        "image_shape": list(tr.data.image_shape),
+        "levels": tr.data.levels,
+        "validation": state.last_val or None,
+    }
+    save_checkpoint(tr.run_dir, state.step, write, meta, tr.cfg.run.keep_last, best)
+
+
+def _check_finished(tr: Training) -> None:
+    """A run ends with at least one finite validation, so that its best checkpoint exists."""
+    state, t, objective = tr.state, tr.cfg.train, tr.model.loss_name
+    if not state.last_val:
+        raise TrainingDiverged(
+            f"no validation ran: every one fell inside a run of skipped steps (train.skip_threshold="
+            f"{t.skip_threshold}); lower train.lr or raise train.skip_threshold"
+        )
+    if not math.isfinite(state.best_val):
+        raise TrainingDiverged(
+            f"every validation of {objective} was non-finite (last: {state.last_val.get(objective)}): no best "
+            "checkpoint to evaluate; lower train.lr, set train.skip_threshold, or check the data"
+        )
+
+
+def _explain_stop(tr: Training, exc: BaseException, new_run: bool) -> BaseException | None:
+    """What a stopped run says (``None``: the error as it is). A new run that stopped before its first checkpoint
+    leaves nothing behind."""
+    step, found = tr.state.step, complete_checkpoints(tr.run_dir)
+    if new_run and not found:
+        if tr.main:
+            shutil.rmtree(tr.run_dir, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(
-                f"interrupted at step {state.step}; the newest checkpoint is {found[0].path}: continue "
-                f"with `aef-hpc train --resume {run_dir}`"
-            ) from None
-        raise
-    bar.close()
-    log.close()
-    return run_dir, cfg, data, state.best_step
+            return Interrupted(f"interrupted at step {step}, before the first checkpoint: nothing kept")
+        if isinstance(exc, Preempted):
+            return Preempted(
+                f"SIGUSR1 at step {step}, before the first checkpoint: nothing kept (a requeued job starts the "
+                "run again)"
+            )
+        return None
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(
+            f"interrupted at step {step}; the newest checkpoint is {found[0].path}: continue with "
+            f"`aef-hpc train --resume {tr.run_dir}`"
+        )
+    return None
 
 
-def _stop_for_requeue(state: TrainState, cfg: Config, checkpoint, log, main: bool, just_saved: bool) -> None:
+def _stop_for_requeue(tr: Training) -> None:
     """Checkpoint now and, under SLURM, requeue the job (rank 0: ``scontrol requeue``; its rerun resumes from the
     checkpoint), at most ``run.max_requeues`` times; raises ``Preempted``."""
+    state, cfg = tr.state, tr.cfg
     job = os.environ.get("SLURM_JOB_ID")
     requeue = job is not None and state.requeues < cfg.run.max_requeues
     state.requeues += requeue
     # inside a run of skipped steps the newest checkpoint stays the last good one; a checkpoint of this very step
     # is written again only to record the requeue
-    if not state.skips_in_row and (requeue or not just_saved):
-        log.flush()
-        checkpoint(best=False)
+    if not state.skips_in_row and (requeue or tr.saved_step != state.step):
+        tr.log.flush()
+        _checkpoint(tr, best=False)
     kept = f"checkpoint at step {state.step}" if not state.skips_in_row else "the last good checkpoint"
     if not requeue:
         why = "not under SLURM" if job is None else f"run.max_requeues={cfg.run.max_requeues} reached"
         raise Preempted(f"SIGUSR1: stopped with a {kept}; no requeue ({why}): continue with --resume")
-    if main:
+    if tr.main:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if done.returncode:
             raise Preempted(f"SIGUSR1: {kept} written, but `scontrol requeue {job}` failed: {done.stderr.strip()}")
