@@ -1,4 +1,5 @@
-"""A checkpoint write killed at any filesystem call leaves a loadable checkpoint: the old one or the new one.
+"""A checkpoint write killed at any filesystem call leaves a loadable checkpoint: the old one or the new one; a
+reader (``aef-hpc eval`` beside the job) at any of those points sees one of the two and never disturbs the write.
 
 The kill is simulated: the k-th call of ``os.replace``, ``os.rename``, ``shutil.rmtree`` or ``os.fsync`` made by the
 write raises a ``BaseException`` (nothing in the write catches it, as nothing runs after a SIGKILL), for every k
@@ -25,7 +26,8 @@ def _write(marker: str):
     return write
 
 
-def _killing(monkeypatch, at: int):
+def _killing(monkeypatch, at: int, instead=None):
+    """Make the ``at``-th filesystem call raise ``Killed`` (or, with ``instead``, call ``instead()`` first)."""
     calls = []
 
     def wrap(module, name):
@@ -34,19 +36,26 @@ def _killing(monkeypatch, at: int):
         def fake(*args, **kwargs):
             calls.append(name)
             if len(calls) == at:
-                raise Killed(f"killed at {name} (call {at})")
+                if instead is None:
+                    raise Killed(f"killed at {name} (call {at})")
+                with monkeypatch.context() as unpatched:  # the reader's own calls are not the writer's
+                    for module_, name_, real_ in originals:
+                        unpatched.setattr(module_, name_, real_)
+                    instead()
             return real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, fake)
 
-    for module, name in ((os, "replace"), (os, "rename"), (shutil, "rmtree"), (os, "fsync")):
+    targets = ((os, "replace"), (os, "rename"), (shutil, "rmtree"), (os, "fsync"))
+    originals = [(module, name, getattr(module, name)) for module, name in targets]
+    for module, name in targets:
         wrap(module, name)
     return calls
 
 
 def _loaded_marker(run):
     found = find_resumable(run)
-    assert found.step == 4 and found.path.name == "step-000004"
+    assert found.step == 4 and found.name == "step-000004"
     best = open_checkpoint(run)
     assert best.path == found.path
     return (found.path / "model.pt").read_text()
@@ -81,12 +90,32 @@ def test_a_kill_at_any_filesystem_call_of_a_rewrite_leaves_the_old_or_the_new_ch
     assert not list(run.glob("checkpoints/.*")), "nothing left aside once a write completes"
 
 
-def test_a_folder_left_aside_is_put_back_when_its_replacement_never_came(tmp_path):
+def test_a_folder_left_aside_is_read_in_place_and_put_back_by_the_next_writer(tmp_path):
     ckpt.save_checkpoint(tmp_path, 4, _write("old"), {}, keep_last=3, best=True)
     root = tmp_path / "checkpoints"
     os.replace(root / "step-000004", root / ".step-000004.replaced")
     assert _loaded_marker(tmp_path) == "old"
+    assert (root / ".step-000004.replaced").exists(), "readers change nothing"
+    ckpt.save_checkpoint(tmp_path, 6, _write("six"), {}, keep_last=3)
     assert (root / "step-000004" / "meta.json").is_file() and not (root / ".step-000004.replaced").exists()
+
+
+def test_a_reader_at_any_point_of_a_rewrite_sees_a_checkpoint_and_leaves_the_write_alone(tmp_path, monkeypatch):
+    template = tmp_path / "template"
+    ckpt.save_checkpoint(template, 4, _write("old"), {}, keep_last=3, best=True)
+    for at in range(1, 100):
+        run = tmp_path / f"run-{at}"
+        shutil.copytree(template, run)
+        seen = []
+        with monkeypatch.context() as patch:
+            calls = _killing(patch, at, instead=lambda run=run, seen=seen: seen.append(_loaded_marker(run)))
+            ckpt.save_checkpoint(run, 4, _write("new"), {}, keep_last=3, best=True)
+        assert _loaded_marker(run) == "new"
+        if not seen:  # past the last filesystem call
+            break
+        assert seen[0] in ("old", "new"), f"a reader at call {at} ({calls[at - 1]}) saw {seen[0]!r}"
+    else:
+        pytest.fail("the write never finished")
 
 
 def test_the_commit_lists_what_the_ranks_reported_and_waits_for_late_files(tmp_path, monkeypatch):

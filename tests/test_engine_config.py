@@ -34,6 +34,7 @@ def test_presets_take_batch_accumulation_clipping_adam_and_precision_from_train(
         ("zero_optimization: {stage: 4}\n", "stage=4 must be 0, 1, 2 or 3"),
         ("- a\n- b\n", "must be a mapping"),
         ("zero_optimization: [\n", "not valid YAML"),
+        ("zero_optimization: {stage: 2, compute_grad_norm: false}\n", "sets zero_optimization.compute_grad_norm"),
     ],
 )
 def test_bad_presets_are_one_line(tmp_path, text, match):

@@ -210,7 +210,7 @@ def test_rows_split_into_many_chunks(name, device, monkeypatch):
     """The GPU launch (many chunks per row, partial sums added afterwards), forced with small chunks."""
     from aef_hpc.kernels.fused import tuning
 
-    monkeypatch.setitem(tuning.PARTIAL, "width", 16)
+    monkeypatch.setitem(tuning.INTERPRETER, "partial", 16)
     monkeypatch.setitem(tuning.INTERPRETER, "block", 64)
     monkeypatch.setitem(tuning.INTERPRETER, "rows", 2)
     test_op_matches_float64_reference(name, 3, 1000, torch.float32, device)
@@ -355,7 +355,7 @@ def test_the_loss_path_matches_the_reference_without_deviations(variance, rows, 
     from aef_hpc.kernels.decoder_layer import decoder_layer_reference
     from aef_hpc.kernels.fused import tuning
 
-    monkeypatch.setitem(tuning.PARTIAL, "width", 32)
+    monkeypatch.setitem(tuning.INTERPRETER, "partial", 32)
     monkeypatch.setitem(tuning.INTERPRETER, "block", 64)
     monkeypatch.setitem(tuning.INTERPRETER, "rows", 16)
     operands, leaves = _decoder_loss_cases(rows, device)[variance]
@@ -412,23 +412,40 @@ def _forced(monkeypatch, tuning, direction, cfg):
     monkeypatch.setattr(tuning, "candidates", lambda d, *a: [cfg] if d == direction else candidates(d, *a)[:1])
 
 
-def test_every_tuning_candidate_gives_bit_identical_results(device, monkeypatch):
+@pytest.mark.parametrize(
+    "op,dtypes,n",
+    [
+        ("decoder", "float32", 3000),  # 6 partial sums per row: chunks of 1, 2 and 4 of them
+        ("decoder", "bfloat16", 12288),
+        ("decoder", "mixed", 784),  # float32 images, bf16 network outputs: what bf16 autocast passes
+        ("decoder", "mixed", 12288),
+        ("coupling", "mixed", 12288),
+    ],
+)
+def test_every_tuning_candidate_gives_bit_identical_results(op, dtypes, n, device, monkeypatch):
     """The GPU's candidate programs (chunk widths, rows per program, warps), each forced in turn: values and
-    gradients bit for bit the same (the tuner's timing race cannot change a log-density or a gradient), and equal
-    to the reference."""
+    gradients bit for bit the same (the tuner's timing race cannot change a log-density or a gradient), for
+    float32, bf16 and mixed operands (on a GPU the dtype shapes the layout of a sum: these sizes failed on an H200
+    before the sums went piece by piece), and float32 equal to the reference."""
     from aef_hpc.kernels.fused import tuning
 
     monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    rows, n = 40, 3000  # 6 partial sums per row: chunks of 1, 2 and 4 of them
+    rows = 40
+    if device.type == "cpu":  # the interpreter has no layouts: the split into pieces is what it can check, cheaply
+        rows, n = 20, min(n, 1500)
     forward = tuning.candidates("forward", rows, n, False)
     backward = tuning.candidates("backward", rows, n, True)
-    assert {c.block for c in forward} == set(tuning.GPU_BLOCKS) and {c.rows for c in forward} == {1}
-    assert {c.rows for c in backward} == {16} and {c.block for c in backward} == set(tuning.GPU_BLOCKS)
+    blocks = {b for b in tuning.GPU_BLOCKS if b < 2 * n}
+    assert {c.block for c in forward} == blocks and {c.rows for c in forward} == {1}
+    assert {c.rows for c in backward} == {min(16, rows)} and {c.block for c in backward} == blocks
     assert len({c.warps for c in forward}) == 1 and len({c.warps for c in backward}) == len(tuning.GPU_WARPS)
     gen = torch.Generator().manual_seed(5)
-    y, mu = (torch.randn(rows, n, generator=gen, dtype=torch.float32).to(device) for _ in range(2))
-    r = torch.randn(n, generator=gen, dtype=torch.float32).to(device)
-    leaves = [mu.requires_grad_(), r.requires_grad_()]
+    first_dtype = torch.bfloat16 if dtypes == "bfloat16" else torch.float32
+    rest_dtype = torch.float32 if dtypes == "float32" else torch.bfloat16
+    x = torch.randn(rows, n, generator=gen).to(device, first_dtype)
+    a, b = (torch.randn(rows, n, generator=gen).to(device, rest_dtype) for _ in range(2))
+    r = torch.randn(n, generator=gen).to(device, rest_dtype)
+    leaves = [a.requires_grad_(), r.requires_grad_()] if op == "decoder" else [a.requires_grad_(), b.requires_grad_()]
     weights = torch.randn(rows, generator=gen, dtype=torch.float32).to(device)
     results = []
     for direction, cfg in [("forward", c) for c in forward] + [("backward", c) for c in backward]:
@@ -436,7 +453,11 @@ def test_every_tuning_candidate_gives_bit_identical_results(device, monkeypatch)
         for leaf in leaves:
             leaf.grad = None
         with use_kernels("triton"):
-            logp = kernels.decoder_log_prob(y, mu, r)
+            if op == "decoder":
+                logp = kernels.decoder_log_prob(x, a, r)
+            else:
+                out, logp = kernels.affine_coupling(x, a, b, 2.0)
+                logp = logp + out.float().sum(1)
         (logp * weights).sum().backward()
         results.append((cfg, logp.detach(), [leaf.grad.clone() for leaf in leaves]))
     _, first, first_grads = results[0]
@@ -444,8 +465,9 @@ def test_every_tuning_candidate_gives_bit_identical_results(device, monkeypatch)
         assert torch.equal(logp, first), f"{cfg}: the log-density differs from {results[0][0]}'s"
         for g, w in zip(grads, first_grads, strict=True):
             assert torch.equal(g, w), f"{cfg}: a gradient differs from {results[0][0]}'s"
-    want = decoder_layer_reference(y.double(), mu.detach().double(), r.detach().double(), None, 1e-5)[1]
-    _close(first, want, n, torch.float32, "log-density against the reference")
+    if dtypes == "float32":
+        want = decoder_layer_reference(x.double(), a.detach().double(), r.detach().double(), None, 1e-5)[1]
+        _close(first, want, n, torch.float32, "log-density against the reference")
 
 
 def test_the_fastest_candidate_is_kept_and_timed_once_per_key(monkeypatch):

@@ -13,8 +13,9 @@ what the ranks reported, never what a directory listing happens to show.
 
 A committed folder is never removed before its replacement is committed: rewriting a step (a requeue records
 itself in the step just validated) moves the old folder aside to ``.step-NNNNNN.replaced``, renames the new one
-in, then removes the old; a kill between the two renames leaves the old one aside, and the next look at the
-folder (``_recover``) puts it back. So a kill at any point leaves the old or the new checkpoint of that step.
+in, then removes the old. So a kill at any point leaves the old or the new checkpoint of that step: readers take a
+folder left aside as that step (they never rename or remove anything, so an ``eval`` beside a running job cannot
+disturb its writes), and the writer puts it back (``recover``) before its next write, holding the run's lock.
 """
 
 import datetime
@@ -102,6 +103,11 @@ class Checkpoint:
         return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
 
     @property
+    def name(self) -> str:
+        """``step-NNNNNN``, also for a folder a kill left aside."""
+        return step_name(self.step)
+
+    @property
     def content_digest(self) -> str:
         """sha256 of what the checkpoint holds (every file's name and sha256 in ``meta.json``): a step folder made
         again with other weights has another digest, so nothing computed from the old one is reused."""
@@ -139,6 +145,7 @@ def save_checkpoint(
 
     def prepare() -> None:
         root.mkdir(parents=True, exist_ok=True)
+        recover(root)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
@@ -214,8 +221,7 @@ def _commit(
         os.replace(final, aside)
     os.replace(tmp, final)
     _fsync(root)
-    if aside.exists():
-        shutil.rmtree(aside)
+    shutil.rmtree(aside, ignore_errors=True)
     write_atomic(root / "latest", name + "\n")
     if best:
         write_atomic(root / "best", name + "\n")
@@ -242,23 +248,20 @@ def _aside(root: Path, name: str) -> Path:
     return root / f".{name}.replaced"
 
 
-def _recover(root: Path) -> None:
-    """Put back a committed folder that a kill left aside while its replacement was renamed in (and drop one whose
-    replacement made it). Safe on several ranks at once: a rename another rank made first is simply gone."""
-    for path in root.glob(".step-*.replaced"):
-        final = root / path.name[1 : -len(".replaced")]
-        try:
-            if final.exists():
-                shutil.rmtree(path)
-            else:
-                os.replace(path, final)
-        except OSError:
-            pass
+def recover(root: Path) -> None:
+    """The writer (rank 0, holding the run's lock): put back a committed folder that a kill left aside while its
+    replacement was renamed in, or drop one whose replacement made it."""
+    for path in Path(root).glob(".step-*.replaced"):
+        final = path.with_name(path.name[1 : -len(".replaced")])
+        if final.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.replace(path, final)
 
 
 def _prune(root: Path, keep_last: int) -> None:
     """Keep the newest ``keep_last`` complete checkpoints and the best one; remove the rest and stale temps."""
-    keep = {c.path.name for c in _complete(root)[:keep_last]} | {_pointer(root, "best")}
+    keep = {c.name for c in _complete(root)[:keep_last]} | {_pointer(root, "best")}
     for path in root.iterdir():
         stale = path.name.startswith(".") and path.name.endswith(".tmp")
         if (path.is_dir() and _STEP.match(path.name) and path.name not in keep) or stale:
@@ -275,14 +278,15 @@ def _read_meta(folder: Path) -> dict | None:
 
 
 def _complete(root: Path) -> list[Checkpoint]:
-    """Folders ``step-N`` with a readable ``meta.json`` of ours, newest first (not verified)."""
-    found = []
+    """Folders ``step-N`` with a readable ``meta.json`` of ours, newest first (not verified); a step's folder that a
+    kill left aside (``.step-N.replaced``) stands in for it while ``step-N`` is missing. Reads only."""
+    found = {}
     if root.is_dir():
-        _recover(root)
-        for path in root.iterdir():
-            if path.is_dir() and _STEP.match(path.name) and (meta := _read_meta(path)) is not None:
-                found.append(Checkpoint(path, meta))
-    return sorted(found, key=lambda c: c.step, reverse=True)
+        for path in sorted(root.iterdir(), key=lambda p: p.name.startswith(".")):  # committed names first
+            name = path.name[1 : -len(".replaced")] if path.name.endswith(".replaced") else path.name
+            if path.is_dir() and _STEP.match(name) and name not in found and (meta := _read_meta(path)) is not None:
+                found[name] = Checkpoint(path, meta)
+    return sorted(found.values(), key=lambda c: c.step, reverse=True)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
@@ -333,12 +337,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     best = _pointer(root, "best")
     candidates = complete_checkpoints(path)
     if best is not None:
-        if best not in {c.path.name for c in candidates}:
+        if best not in {c.name for c in candidates}:
             warnings.warn(
                 f"{root / 'best'} names {best}, which is missing or incomplete: using the newest checkpoint instead",
                 stacklevel=2,
             )
-        candidates = [c for c in candidates if c.path.name == best] + [c for c in candidates if c.path.name != best]
+        candidates = [c for c in candidates if c.name == best] + [c for c in candidates if c.name != best]
     found = _first_intact(candidates)
     if found is None:
         raise CheckpointError(f"{path} holds no complete aef_hpc checkpoint (expected {root}/step-N/meta.json)")

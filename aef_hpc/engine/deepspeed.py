@@ -14,6 +14,7 @@ import importlib
 import io
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,6 +65,11 @@ def deepspeed_config(cfg) -> dict:
         if key in preset:
             raise ConfigError(f"deepspeed.config={path} sets {key}: remove it, aef_hpc sets it from {ours}")
     zero = dict(preset.get("zero_optimization") or {})
+    if zero.get("compute_grad_norm", True) is not True:  # a non-finite step is dropped through DeepSpeed's norm
+        raise ConfigError(
+            f"deepspeed.config={path} sets zero_optimization.compute_grad_norm: remove it (bad steps are detected "
+            "through the gradient norm)"
+        )
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed.config={path}: zero_optimization.stage={stage!r} must be 0, 1, 2 or 3")
@@ -208,11 +214,18 @@ class DeepSpeedEngine:
         """DeepSpeed's step inside changes no weight and no optimizer state (it still clears the gradients)."""
         if self.stage == 0:  # torch's optimizer, wrapped: its step is skipped for this one call
             inner = self.engine.optimizer
+            own = vars(inner).get("step")  # the LR scheduler's wrapper, an instance attribute: put back as it was
             inner.step = lambda *args, **kwargs: None
             try:
-                yield
+                with warnings.catch_warnings():  # the schedule steps without its optimizer: that is the point
+                    for message in (r"Seems like `optimizer.step\(\)` has been", r"Detected call of `lr_sch"):
+                        warnings.filterwarnings("ignore", message, UserWarning)
+                    yield
             finally:
-                del inner.step
+                if own is None:
+                    del inner.step
+                else:
+                    inner.step = own
             return
         self._poison_partitions()
         yield

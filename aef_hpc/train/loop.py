@@ -23,7 +23,7 @@ import torch
 from ..config import Config, to_yaml
 from ..data import dequantize_keyed, keyed_normal, open_data
 from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkpoint, save_checkpoint
-from ..engine.checkpoint import load_file, point_best, step_name, write_atomic
+from ..engine.checkpoint import load_file, point_best, recover, step_name, write_atomic
 from ..engine.ddp import DDPEngine
 from ..engine.deepspeed import DeepSpeedEngine, deepspeed_config, model_scope
 from ..errors import AEFError, CheckpointError, ConfigError, DataError
@@ -320,8 +320,10 @@ def _claim_run_dir(cfg: Config, resume, lock: dict) -> Path:
 
 
 def _describe_run(run_dir: Path, cfg: Config, state: TrainState, resume, device, world_size: int) -> None:
-    """Rank 0: the resolved config and this start's environment; on resume, the ``best`` pointer repaired."""
-    if resume is not None:
+    """Rank 0: the resolved config and this start's environment; on resume, a folder left aside put back and the
+    ``best`` pointer repaired."""
+    if resume is not None:  # every rank has loaded: a step a kill left aside can go back under its name
+        recover(run_dir / "checkpoints")
         point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
         print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
     write_atomic(run_dir / "config.yaml", to_yaml(cfg))

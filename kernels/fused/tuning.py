@@ -1,8 +1,9 @@
 """Program shapes of the fused kernels, and the tuner that picks the fastest on a GPU.
 
-A forward program covers ``rows`` rows × ``block`` columns and writes one **partial sum per** ``partial_width(n)``
-**columns** (512 on a GPU, whatever the block), always with 4 warps: every candidate adds the same entries in the
-same order, so the row sums (the log-densities) are bit-identical whichever candidate the timing race picks. The
+A forward program covers ``rows`` rows × ``block`` columns, works through it in pieces of ``partial_width(n)``
+columns (512 on a GPU, whatever the block) and writes one **partial sum per piece**, always with 4 warps: every
+candidate adds the same entries in the same order with the same layout (bf16 and mixed operands too), so the row
+sums (the log-densities) are bit-identical whichever candidate the timing race picks. The
 backward sums a broadcast operand's gradient entry by entry over a program's rows (no in-block reduction), with
 rows per program fixed by the row count, so its chunk width and warps can be tuned freely. Each shape class is
 timed once per process and cached; the interpreter takes one wide chunk.
@@ -17,8 +18,9 @@ import torch
 
 from ..dispatch import interpreting
 
-#: widest chunk and most rows one program takes under the interpreter (~2 ms per program: few, wide programs)
-INTERPRETER = {"block": 8192, "rows": 64}
+#: widest chunk, most rows and widest partial one program takes under the interpreter (~2 ms per program and a
+#: Python step per operation of each piece: few, wide programs of one piece)
+INTERPRETER = {"block": 8192, "rows": 64, "partial": 8192}
 #: columns per partial row sum on every device: fixes the order of every row sum's additions
 PARTIAL = {"width": 512}
 #: candidates on a GPU: chunk widths; the backward's warps (the forward's are fixed: they shape its reduction)
@@ -40,8 +42,10 @@ def _pow2(n: int) -> int:
 
 
 def partial_width(n: int) -> int:
-    """Columns per partial row sum: depends on the row length alone, never on the chosen configuration."""
-    return min(PARTIAL["width"], max(16, _pow2(n)))
+    """Columns per partial row sum: depends on the row length and the device kind alone, never on the chosen
+    configuration (the interpreter, where one piece costs a Python step per operation, takes one wide piece)."""
+    widest = INTERPRETER["partial"] if interpreting() else PARTIAL["width"]
+    return min(widest, max(16, _pow2(n)))
 
 
 def candidates(direction: str, rows: int, n: int, reduces: bool) -> list[Config]:
