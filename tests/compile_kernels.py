@@ -53,9 +53,9 @@ def check_float64_constants(target: GPUTarget) -> None:
     """A float argument is float32 in a compiled kernel; the ops' constants are ``constexpr`` so that a float64
     kernel holds them exactly: the decoder's log(2 pi) / 2 to 17 digits, and no float32 constant at all."""
     meta = dict(MATH=decoder_layer.OP.forward, CONST_A=1e-5, CONST_B=0.5 * math.log(2 * math.pi), VARIANT=0)
-    meta.update(OPERANDS=3, UNREAD=0, HAS_MASK=False, WRITE_OUT=False, ACC=tl.float64, ROWS=1, BLOCK=1024, PARTIAL=512)
+    meta.update(OPERANDS=3, UNREAD=0, HAS_MASK=False, WRITE_OUT=False, ACC=tl.float64, ROWS=1, BLOCK=512)
     ir = compile_for(target, programs.forward_program, "fp64", meta).asm["ttir"]
-    constants = set(re.findall(r"dense<([^>]*)> : tensor<512x(f\d+)>", ir))  # one 512-wide piece at a time
+    constants = set(re.findall(r"dense<([^>]*)> : tensor<512x(f\d+)>", ir))
     assert ("0.91893853320467266", "f64") in constants and ("1.000000e-05", "f64") in constants, constants
     assert not [c for c in constants if c[1] != "f64"], constants
 
@@ -72,8 +72,8 @@ def main() -> int:
             common.update(ACC=tl.float64 if dtype == "fp64" else tl.float32)
             for mask in masks:
                 for write in writes:
-                    meta = dict(common, MATH=op.forward, UNREAD=0, HAS_MASK=mask, WRITE_OUT=write, ROWS=1, BLOCK=1024)
-                    compile_for(target, programs.forward_program, dtype, dict(meta, PARTIAL=512))
+                    meta = dict(common, MATH=op.forward, UNREAD=0, HAS_MASK=mask, WRITE_OUT=write, ROWS=1, BLOCK=512)
+                    compile_for(target, programs.forward_program, dtype, meta)
                     count += 1
                 for grad_a, grad_b, grad_c, has_grad_out in backwards:
                     meta = dict(common, MATH=op.backward, UNREAD=unread, HAS_MASK=mask, HAS_GRAD_OUT=has_grad_out)

@@ -64,12 +64,12 @@ def bytes_moved(provider: str, run) -> float:
 
 @contextlib.contextmanager
 def gpu_programs():
-    """Make the interpreter's programs those of a GPU that sums a gradient over rows (16 rows × 1024 columns, row
-    sums in 512-column partials), so the partial sums the interpreter writes are the GPU's; restored after."""
+    """Make the interpreter's programs those of a GPU that sums a gradient over rows (16 rows × 1024 columns), so
+    the partial sums the interpreter writes are the GPU's; restored after."""
     from aef_hpc.kernels.fused import tuning
 
     previous = dict(tuning.INTERPRETER)
-    tuning.INTERPRETER.update(block=1024, rows=16, partial=tuning.PARTIAL["width"])
+    tuning.INTERPRETER.update(block=1024, rows=16)
     try:
         yield
     finally:

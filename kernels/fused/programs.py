@@ -8,8 +8,8 @@ float32) and a ``VARIANT`` (0: the map, 1: its inverse):
 - backward ``MATH(a, b, c, g, g_row, CONST_A, CONST_B, VARIANT) -> (ga, gb, gc)``: the gradients of
   :math:`\sum_i g_i\,\mathrm{out}_i + g_{row} \sum_i \mathrm{term}_i` (``g`` is 0 when ``out`` has no gradient).
 
-A program covers ``ROWS`` rows × ``BLOCK`` columns. The forward works through ``PARTIAL``-wide pieces and writes
-one partial sum per piece: every ``BLOCK`` adds the same entries in the same order (see ``tuning``).
+A program covers ``ROWS`` rows × ``BLOCK`` columns; the forward writes one partial row sum per program (its chunk),
+added up afterwards. Its ``BLOCK`` is fixed by the row length alone (see ``tuning``).
 """
 
 import triton
@@ -44,7 +44,7 @@ def forward_program(
     partial_ptr,
     rows,
     n,
-    partials,
+    chunks,
     a_rs,
     b_rs,
     c_rs,
@@ -60,28 +60,23 @@ def forward_program(
     ACC: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
-    PARTIAL: tl.constexpr,
 ):
-    parts_per_program: tl.constexpr = BLOCK // PARTIAL
+    chunk = tl.program_id(1)
+    cols = chunk * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
     first = tl.program_id(0).to(tl.int64) * ROWS
     for i in range(ROWS):
         row = first + i
-        # one PARTIAL-wide piece at a time: the same tensor shape, hence the same layout and order of additions in
-        # its sum, whatever BLOCK the tuner chose (and whatever the operands' dtypes)
-        for p in tl.static_range(parts_per_program):
-            part = tl.program_id(1) * parts_per_program + p
-            cols = part * PARTIAL + tl.arange(0, PARTIAL)
-            live = (cols < n) & (row < rows)
-            a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, OPERANDS, UNREAD, ACC)
-            out, term = MATH(a, b, c, CONST_A, CONST_B, VARIANT)
-            if HAS_MASK:
-                w = tl.load(m_ptr + row * m_rs + cols, mask=live, other=0.0).to(ACC)
-                out = out * w
-                term = term * w
-            if WRITE_OUT:
-                tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=live)
-            total = tl.sum(tl.where(live, term, 0.0), axis=0)
-            tl.store(partial_ptr + row * partials + part, total, mask=(part < partials) & (row < rows))
+        live = inside & (row < rows)
+        a, b, c = _load(a_ptr, b_ptr, c_ptr, row, a_rs, b_rs, c_rs, cols, live, OPERANDS, UNREAD, ACC)
+        out, term = MATH(a, b, c, CONST_A, CONST_B, VARIANT)
+        if HAS_MASK:
+            w = tl.load(m_ptr + row * m_rs + cols, mask=live, other=0.0).to(ACC)
+            out = out * w
+            term = term * w
+        if WRITE_OUT:
+            tl.store(out_ptr + row * n + cols, out.to(out_ptr.dtype.element_ty), mask=live)
+        tl.store(partial_ptr + row * chunks + chunk, tl.sum(tl.where(live, term, 0.0), axis=0), mask=row < rows)
 
 
 @triton.jit

@@ -11,8 +11,8 @@ Nothing but the inputs is saved; the backward recomputes from them. Minimum traf
   gradient is returned as it is (``passthrough``: a shift, which the backward then neither keeps nor reads); one
   of an operand broadcast over the batch is summed over the program's rows inside the kernel, leaving one partial
   row per program instead of a full-size gradient;
-- the row sums are one partial per ``tuning.partial_width(n)`` columns (512), added up afterwards: a row that fits
-  one partial is written directly (one launch).
+- the row sums are one partial per forward program of ``tuning.partial_width(n)`` columns (512 on a GPU), added
+  up afterwards: a row that fits one program is written directly (one launch).
 
 ``tests/compile_kernels.py`` compiles every variant for sm_90 without a GPU. The fused ops have first derivatives
 only: ``create_graph=True`` through one is an error.
@@ -72,24 +72,21 @@ class RowwiseFunction(torch.autograd.Function):
         device = operands[0].device
         out = torch.empty((rows, n), dtype=dtype, device=device) if want_out else views[0].tensor
 
-        width = tuning.partial_width(n)
-        partials = -(-n // width)
-
         def run(cfg: tuning.Config):
-            sums = torch.empty((rows, partials), dtype=acc, device=device)
-            forward_program[(-(-rows // cfg.rows), -(-n // cfg.block))](
+            chunks = -(-n // cfg.block)
+            sums = torch.empty((rows, chunks), dtype=acc, device=device)
+            forward_program[(-(-rows // cfg.rows), chunks)](
                 *(v.tensor for v in padded),
                 mask_rows.tensor,
                 out,
                 sums,
                 rows,
                 n,
-                partials,
+                chunks,
                 *(v.stride for v in padded),
                 mask_rows.stride,
                 ROWS=cfg.rows,
                 BLOCK=cfg.block,
-                PARTIAL=width,
                 num_warps=cfg.warps,
                 **meta,
             )
