@@ -12,11 +12,12 @@ import torch
 from helpers import aef_hpc_exe
 
 from aef_hpc.cli import main
-from aef_hpc.engine import Checkpoint, open_checkpoint
+from aef_hpc.engine import open_checkpoint
 from aef_hpc.engine.single import load_model_weights
 from aef_hpc.errors import CheckpointError
 from aef_hpc.evaluate import restore
 from aef_hpc.evaluate.inception import FIDInceptionV3
+from aef_hpc.evaluate.restore import weights_digest
 
 TINY = [
     "train.steps=4",
@@ -143,9 +144,11 @@ def test_interrupted_evaluation_records_are_reused_only_for_the_same_weights_dev
 
     trained = restore(runs / "center")
     settings = evaluation._settings(trained)
-    files = {**trained.checkpoint.meta["files"], "model.pt": {"bytes": 1, "sha256": "0" * 64}}
-    remade = Checkpoint(trained.checkpoint.path, dict(trained.checkpoint.meta, files=files))
-    remade = types.SimpleNamespace(**{**vars(trained), "checkpoint": remade})
+    state = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    same = weights_digest({k: v.clone() for k, v in state.items()})
+    next(iter(state.values())).view(-1)[0] += 1  # the same folder made again with other weights
+    assert weights_digest(state) != same == weights_digest(trained.model.state_dict())
+    remade = types.SimpleNamespace(**{**vars(trained), "weights": weights_digest(state)})
     assert evaluation._settings(remade)["weights"] != settings["weights"]
     on_meta = types.SimpleNamespace(**{**vars(trained), "device": torch.device("meta")})
     assert evaluation._settings(on_meta) != settings

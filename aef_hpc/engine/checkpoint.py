@@ -107,13 +107,6 @@ class Checkpoint:
         """``step-NNNNNN``, also for a folder a kill left aside."""
         return step_name(self.step)
 
-    @property
-    def content_digest(self) -> str:
-        """sha256 of what the checkpoint holds (every file's name and sha256 in ``meta.json``): a step folder made
-        again with other weights has another digest, so nothing computed from the old one is reused."""
-        listing = sorted((name, info["sha256"]) for name, info in self.meta["files"].items())
-        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
     def verify(self) -> None:
         """Raise ``CheckpointError`` unless every file has the size and sha256 that ``meta.json`` records."""
         for name, info in self.meta["files"].items():

@@ -52,11 +52,11 @@ def proposal_path(checkpoint) -> Path:
     return checkpoint.run_dir / "eval" / f"{checkpoint.path.name}-proposal.json"
 
 
-def proposal_settings(cfg, checkpoint, ema: bool) -> dict:
-    """What a proposal search depends on: the weights (by content), the grid, K, the images and the seed."""
+def proposal_settings(cfg, weights: str, ema: bool) -> dict:
+    """What a proposal search depends on: the weights (``weights_digest``), the grid, K, the images and the seed."""
     e = cfg.eval
     return {
-        "weights": checkpoint.content_digest,
+        "weights": weights,
         "stds": list(e.proposal_stds),
         "num_samples": e.proposal_num_samples,
         "images": e.proposal_images,
@@ -83,7 +83,7 @@ def proposal_std(trained: Trained, data) -> dict | None:
     model, e = trained.model, trained.cfg.eval
     if not isinstance(model, ExpandedAEF) or not e.select_proposal_std:
         return None
-    settings = proposal_settings(trained.cfg, trained.checkpoint, trained.ema)
+    settings = proposal_settings(trained.cfg, trained.weights, trained.ema)
     stored = stored_proposal(trained.checkpoint, settings)
     if stored is None:
         gen = torch.Generator().manual_seed(e.seed)
@@ -129,7 +129,7 @@ def _settings(trained: Trained) -> dict:
     settings are never reused."""
     e = trained.cfg.eval
     return {
-        "weights": trained.checkpoint.content_digest,  # by content: a step-N made again is another checkpoint
+        "weights": trained.weights,  # by content: a step-N made again with other weights is another model
         "step": trained.checkpoint.step,
         "device": trained.device.type,
         "kernels": trained.cfg.kernels,

@@ -4,6 +4,7 @@ process. It holds everything evaluation uses: the weights (the EMA when the run 
 proposal std the run selected (in the model's ``proposal_std`` buffer, with ``eval.select_proposal_std=false`` in
 its config), so evaluating the export reproduces the run's number with no new search."""
 
+import sys
 from pathlib import Path
 
 import safetensors.torch
@@ -14,7 +15,7 @@ from ..engine.single import load_model_weights
 from ..models import ExpandedAEF
 from ..models.from_config import model_from_config
 from .evaluation import proposal_settings, stored_proposal
-from .restore import EXPORT_FILE, checkpoint_config, checkpoint_weights
+from .restore import EXPORT_FILE, checkpoint_config, checkpoint_weights, run_config, weights_digest
 
 #: what an export keeps of its checkpoint's metadata
 KEPT = ("epoch", "batch_in_epoch", "model", "image_shape", "levels", "validation")
@@ -23,16 +24,22 @@ KEPT = ("epoch", "batch_in_epoch", "model", "image_shape", "levels", "validation
 def export(path: str | Path, out: str | Path | None = None) -> Path:
     """Export the checkpoint ``path`` (a run folder: its best) to ``out/step-N/`` (default ``RUN/export``)."""
     checkpoint = open_checkpoint(path)
-    cfg = checkpoint_config(checkpoint)
+    cfg = checkpoint_config(checkpoint, (), run_config(path))  # a run folder: the run's config, as its final test
     state, ema, source = checkpoint_weights(checkpoint, cfg)
     model = model_from_config(cfg.model, cfg.model.image_shape)
     load_model_weights(model, source, state)  # a mismatch stops here, before anything is written
     selected = None
     if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:
-        selected = stored_proposal(checkpoint, proposal_settings(cfg, checkpoint, ema))
+        selected = stored_proposal(checkpoint, proposal_settings(cfg, weights_digest(state), ema))
         if selected is not None:  # the run's own search: evaluation of the export uses it as it is
             model.proposal_std.fill_(selected["proposal_std"])
             cfg.model.proposal_std, cfg.eval.select_proposal_std = selected["proposal_std"], False
+        else:
+            print(
+                f"aef-hpc: note: no proposal search is stored for {checkpoint.path} with these settings: the export "
+                f"keeps model.proposal_std={cfg.model.proposal_std}, and evaluating it searches again",
+                file=sys.stderr,
+            )
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {k: checkpoint.meta.get(k) for k in KEPT}
     meta.update(engine="export", world_size=1, ema=ema, exported_from=str(checkpoint.path.resolve()))

@@ -29,6 +29,19 @@ class Trained:
     """whether the weights are the exponential moving average"""
     data_tag: str = ""
     """``""`` for the data the model was trained on, else a short tag of the other data (names eval folders)"""
+    weights: str = ""
+    """``weights_digest`` of the weights evaluation uses: what its stored results are keyed by"""
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes: the weights themselves, whatever files hold them
+    (a requeue's rewrite of the same weights keeps it; a step folder made again with other weights changes it)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,14 +81,19 @@ def restore(path, overrides: list[str] = (), use_ema: bool = True, device: torch
     config, as its final test used; a checkpoint folder gives that checkpoint with the config it was saved with.
     ``device`` overrides ``train.device`` (a job of N ranks restores on the CPU, then moves to each rank's GPU)."""
     checkpoint = open_checkpoint(path)
-    run_config = Path(path) / "config.yaml"
-    base = run_config if not (Path(path) / "meta.json").exists() and run_config.is_file() else None
+    base = run_config(path)
     cfg = checkpoint_config(checkpoint, overrides, base)
     trained = restore_checkpoint(checkpoint, cfg, use_ema, device)
     trained_on = checkpoint_config(checkpoint, (), base).data
     if cfg.data != trained_on:
         trained.data_tag = hashlib.sha256(repr(vars(cfg.data)).encode()).hexdigest()[:8]
     return trained
+
+
+def run_config(path) -> Path | None:
+    """A run folder's own (latest) ``config.yaml``, which its final test used; ``None`` for a checkpoint folder."""
+    config = Path(path) / "config.yaml"
+    return config if not (Path(path) / "meta.json").exists() and config.is_file() else None
 
 
 def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> tuple[dict, bool, Path]:
@@ -109,7 +127,7 @@ def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True
     model = model_from_config(cfg.model, cfg.model.image_shape)
     state, ema, source = checkpoint_weights(checkpoint, cfg, use_ema)
     load_model_weights(model, source, state)
-    return Trained(cfg, checkpoint, model.to(device).eval(), device, ema)
+    return Trained(cfg, checkpoint, model.to(device).eval(), device, ema, weights=weights_digest(state))
 
 
 def check_same_data(checkpoint: Checkpoint, data) -> None:
