@@ -60,24 +60,35 @@ def sample_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def keyed_uniform(ids: torch.Tensor, shape, *seeds: int) -> torch.Tensor:
-    """``U[0, 1)`` of shape ``[len(ids), *shape]`` in the default dtype (like ``torch.rand``): entry ``(b, j)`` is a
-    hash of ``(seeds, ids[b], j)`` with 24 random bits (all that float32 holds in [0, 1))."""
+def _state(seeds) -> int:
+    """The SplitMix64 state after absorbing ``seeds`` (as a signed int64)."""
     state = 0
     for seed in seeds:
         state = _mix_int(state + _GAMMA + int(seed))
+    return _signed(state)
+
+
+def _uniform(ids: torch.Tensor, shape, state: int | torch.Tensor) -> torch.Tensor:
     per_sample = math.prod(shape)
-    base = _mix(ids.to(torch.int64) ^ _signed(state))
+    base = _mix(ids.to(torch.int64) ^ state)
     counters = torch.arange(1, per_sample + 1, device=ids.device, dtype=torch.int64) * _signed(_GAMMA)
     bits = _shr(_mix(base[:, None] + counters), 40)
     return (bits.to(torch.get_default_dtype()) * 2.0**-24).reshape(len(ids), *shape)
 
 
+def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)
+
+
+def keyed_uniform(ids: torch.Tensor, shape, *seeds: int) -> torch.Tensor:
+    """``U[0, 1)`` of shape ``[len(ids), *shape]`` in the default dtype (like ``torch.rand``): entry ``(b, j)`` is a
+    hash of ``(seeds, ids[b], j)`` with 24 random bits (all that float32 holds in [0, 1))."""
+    return _uniform(ids, shape, _state(seeds))
+
+
 def keyed_normal(ids: torch.Tensor, shape, *seeds: int) -> torch.Tensor:
     """``N(0, 1)`` from two ``keyed_uniform`` streams (Box-Muller)."""
-    u1 = keyed_uniform(ids, shape, *seeds, 1)
-    u2 = keyed_uniform(ids, shape, *seeds, 2)
-    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)
+    return _box_muller(keyed_uniform(ids, shape, *seeds, 1), keyed_uniform(ids, shape, *seeds, 2))
 
 
 def model_noise(ids: torch.Tensor, *seeds: int) -> "KeyedNoise":
@@ -87,12 +98,16 @@ def model_noise(ids: torch.Tensor, *seeds: int) -> "KeyedNoise":
 
 
 class KeyedNoise:
-    """A stand-in for a ``torch.Generator`` in ``importance_log_weights``: the ``K`` proposal draws of each image
-    are keyed by ``(seeds, its id)``, so they do not depend on the batch it is evaluated in."""
+    """A stand-in for a ``torch.Generator`` in ``importance_log_weights`` and the VAE's objective: the draws of each
+    image are keyed by ``(seeds, its id)``, so they do not depend on the batch, rank or worker it lands on. The
+    seeds are absorbed here, into two int64 tensors: a compiled objective sees inputs, not constants that change
+    every epoch (no recompilation)."""
 
     def __init__(self, ids: torch.Tensor, *seeds: int):
-        self.ids, self.seeds = ids, seeds
+        self.ids = ids
+        self.states = [torch.tensor(_state((*seeds, k)), dtype=torch.int64, device=ids.device) for k in (1, 2)]
 
     def normal(self, num_samples: int, shape) -> torch.Tensor:
-        """``[num_samples, len(ids), *shape]`` standard normal draws."""
-        return keyed_normal(self.ids, (num_samples, *shape), *self.seeds).movedim(1, 0)
+        """``[num_samples, len(ids), *shape]`` standard normal draws (``keyed_normal`` of the seeds)."""
+        full = (num_samples, *shape)
+        return _box_muller(*(_uniform(self.ids, full, state) for state in self.states)).movedim(1, 0)

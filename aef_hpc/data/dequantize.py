@@ -1,7 +1,7 @@
 """Uniform dequantization (method.md §1.1): ``x = (x_int + u) / levels``, ``u ~ U[0, 1)``.
 
 ``u`` comes either from a seeded generator (``dequantize``), or from noise keyed by the image (``dequantize_keyed``,
-see ``aef_hpc.keyed``): every image gets the same noise whichever rank, worker or batch position it lands on, so N
+see ``aef_hpc.noise``): every image gets the same noise whichever rank, worker or batch position it lands on, so N
 ranks train and evaluate exactly what one process would.
 """
 
