@@ -8,6 +8,8 @@ process. ``MASTER_ADDR``/``MASTER_PORT`` in the environment always win (emulated
 NCCL on CUDA, gloo on CPU; ``torch.cuda.set_device(local_rank)`` happens before anything touches CUDA.
 """
 
+import atexit
+import gc
 import os
 import re
 import socket
@@ -248,6 +250,8 @@ def init_distributed(info: ProcessInfo, device: torch.device, force: bool = Fals
     )
     try:
         dist.init_process_group(backend_for(device), init_method="env://")
+        atexit.unregister(leave_distributed)  # once, however often a process joins
+        atexit.register(leave_distributed)
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(
             f"rank {info.rank} of {info.world_size} ({info.source}) could not reach rank 0 at "
@@ -271,9 +275,13 @@ def world_info() -> tuple[int, int]:
 
 
 def leave_distributed() -> None:
-    """Leave the process group (after the last collective)."""
+    """Leave the process group (after the last collective); also run at exit. Whatever still holds the group in
+    a reference cycle (a DDP engine's reducer) is collected now, while the interpreter is alive: gloo's worker
+    threads torn down during interpreter finalization abort the process ("terminate called without an active
+    exception", pytorch#179291)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 def gathered_objects(value) -> list:
