@@ -9,8 +9,9 @@ import importlib
 import math
 import os
 import sys
+import warnings
 
-from .errors import AEFError, ConfigError
+from .errors import AEFError, AEFWarning, ConfigError
 from .signals import sigterm_as_interrupt
 
 
@@ -171,6 +172,7 @@ def _shards(args) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,
+        shuffle=not args.no_shuffle,
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
@@ -297,7 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument(
         "--test-fraction", type=float, default=0.2, help="test share, for sources without their own split"
     )
-    shards.add_argument("--seed", type=int, default=3, help="seed of the random split (sources without their own)")
+    shards.add_argument(
+        "--seed", type=int, default=3, help="seed of the random split (sources without their own) and of the order"
+    )
+    shards.add_argument(
+        "--no-shuffle",
+        action="store_true",
+        help="keep the source's order (default: each split in a seeded random order, so every shard is a random "
+        "sample; a class-folder source otherwise fills its first shards with its first classes)",
+    )
     shards.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     shards.add_argument("--no-progress", action="store_true", help="no progress bar")
     shards.set_defaults(func=_shards, overrides=[])
@@ -328,8 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warning_lines() -> None:
+    """Print aef_hpc's own warnings as one plain line each (no source line under them: not a crash)."""
+    python_format = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if issubclass(category, AEFWarning):
+            return f"aef-hpc: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    if getattr(warnings.formatwarning, "__module__", None) != __name__:
+        warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _plain_warning_lines()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command is None:

@@ -4,7 +4,7 @@ The CLI catches `AEFError`, prints its one-line message (what is wrong and how t
 non-zero; anything else is a bug and keeps its traceback.
 """
 
-__all__ = ["AEFError", "ConfigError", "DataError", "ModelError", "CheckpointError", "DistributedError"]
+__all__ = ["AEFWarning", "AEFError", "ConfigError", "DataError", "ModelError", "CheckpointError", "DistributedError"]
 
 
 class AEFError(Exception):
@@ -29,3 +29,8 @@ class CheckpointError(AEFError):
 
 class DistributedError(AEFError):
     """Process discovery or collective communication failed."""
+
+
+class AEFWarning(UserWarning):
+    """Something the user should know that stops nothing (a skipped shard, a dropped alpha channel, a low
+    effective sample size); the CLI prints it as one plain line, ``aef-hpc: warning: ...``."""

@@ -4,11 +4,13 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import aef_hpc_exe
 from PIL import Image
 from shard_helpers import digits_shards, read_members, write_tar
 
@@ -537,3 +539,69 @@ def test_a_resumed_epoch_continues_the_uninterrupted_one_from_any_batch(tmp_path
     for start in range(2 * workers):
         resumed = [b.ids.tolist() for b in source.train_epoch(3, 32, start)]
         assert resumed == whole[start:], f"resumed at batch {start} of {len(whole)}"
+
+
+def _class_folder(root, classes=10, per_class=20, mode="L"):
+    rng = np.random.default_rng(0)
+    for cls in range(classes):
+        (root / f"class{cls}").mkdir(parents=True)
+        for i in range(per_class):
+            shape = (8, 8) if mode == "L" else (8, 8, len(mode))
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / f"class{cls}" / f"{i}.png")
+    return root
+
+
+def _classes(path):
+    return {v for k, v in read_members(path).items() if k.endswith(".cls")}
+
+
+def test_every_shard_of_a_class_folder_holds_every_class(tmp_path):
+    src = _class_folder(tmp_path / "src")
+    manifest = write_shards(str(src), tmp_path / "out", samples_per_shard=40, progress=False)
+    assert manifest.shuffled and len(manifest.splits["train"]) >= 3
+    for shard in manifest.splits["train"][:-1]:  # the last one may be short
+        assert len(_classes(tmp_path / "out" / shard.name)) == 10, shard.name
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["shuffled"] is True
+    # the same images as in the source's order, in another order; --no-shuffle keeps the order (class after class)
+    kept = write_shards(str(src), tmp_path / "kept", samples_per_shard=40, shuffle=False, progress=False)
+    assert not kept.shuffled and len(_classes(tmp_path / "kept" / kept.splits["train"][0].name)) <= 3
+    for split in manifest.splits:
+        keys, images = eval_all(ShardSource(str(tmp_path / "out")), split)
+        kept_keys, kept_images = eval_all(ShardSource(str(tmp_path / "kept")), split)
+        assert keys != kept_keys and sorted(keys) == kept_keys
+        assert torch.equal(images[np.argsort(keys)], kept_images)
+
+
+def test_sixteen_bit_images_are_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((4, 4), 1000 * i, np.uint16)).save(tmp_path / "src" / f"{i}.png")
+    assert Image.open(tmp_path / "src" / "0.png").mode.startswith("I;16")
+    assert main(["shards", str(tmp_path / "src"), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "I;16" in err and "convert the folder to 8 bits" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_alpha_is_dropped_with_one_plain_warning_line(tmp_path):
+    src = _class_folder(tmp_path / "src", classes=2, per_class=5, mode="RGBA")
+    done = subprocess.run(
+        [aef_hpc_exe(), "shards", str(src), str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if line]
+    assert (
+        len(warning) == 1 and warning[0].startswith("aef-hpc: warning: ") and "alpha channel is dropped" in warning[0]
+    )
+    keys, images = eval_all(ShardSource(str(tmp_path / "out")), "train")
+    assert images.shape[1] == 3
+    key = int(keys[0])
+    rgba = np.asarray(Image.open(src / f"class{key // 5}" / f"{key % 5}.png"))
+    assert np.array_equal(images[0].numpy().transpose(1, 2, 0), rgba[..., :3])
+
+
+def test_a_folder_mixing_grayscale_and_colour_is_one_line(tmp_path):
+    src = _class_folder(tmp_path / "src", classes=1, per_class=3)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "class0" / "colour.png")
+    with pytest.raises(DataError, match="colour.png has 3 channel.*mixes grayscale and colour"):
+        write_shards(str(src), tmp_path / "out", val_fraction=0.25, test_fraction=0.25, progress=False)

@@ -31,6 +31,8 @@ class Manifest:
     splits: dict[str, list[ShardInfo]]
     source: str = ""
     seed: int = 0
+    shuffled: bool = False
+    """each split written in a random order (seeded by ``seed``); False: the source's order"""
     dtype: str = "uint8"
     format: str = FORMAT
     extra: dict = field(default_factory=dict)
@@ -78,6 +80,7 @@ class Manifest:
                 splits=splits,
                 source=raw.get("source", ""),
                 seed=int(raw.get("seed", 0)),
+                shuffled=bool(raw.get("shuffled", False)),
                 dtype=raw.get("dtype", "uint8"),
                 extra=raw.get("extra", {}),
             )

@@ -2,6 +2,7 @@
 arrays and locally present torchvision datasets. Each yields uint8 ``[C, H, W]`` images in a fixed order.
 """
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import AEFWarning, DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PREDEFINED_SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
@@ -24,6 +25,8 @@ class Item:
     load: Callable[[], np.ndarray]
     label: int = 0
     split: str | None = None
+    where: str = ""
+    """the file it comes from, for messages ('' : the index says it)"""
 
 
 @dataclass
@@ -45,12 +48,32 @@ def _as_chw(array: np.ndarray, where: str) -> np.ndarray:
     raise DataError(f"{where}: expected H×W, C×H×W or H×W×C with C in (1, 3), got shape {array.shape}")
 
 
-def _pil_loader(path: Path):
+#: modes read as they are, modes whose alpha channel is dropped (with a warning), by what they become
+_EIGHT_BIT = {"L": "L", "1": "L", "RGB": "RGB", "P": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
+_WITH_ALPHA = {"LA": "L", "La": "L", "RGBA": "RGB", "RGBa": "RGB", "PA": "RGB"}
+
+
+def _pil_loader(path: Path, root: Path):
+    """Read ``path`` as 8-bit grayscale or colour. 16- and 32-bit images (``I;16``, ``I``, ``F``) are refused
+    (clipping them to 8 bits would make every pixel 255); an alpha channel is dropped with a warning."""
+
     def load():
         try:
             with Image.open(path) as image:
-                mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
-                return _as_chw(np.asarray(image.convert(mode)), str(path))
+                mode = image.mode
+                if mode in _WITH_ALPHA:
+                    warnings.warn(
+                        f"{root} holds {mode} images: their alpha channel is dropped, they are "
+                        f"read as {_WITH_ALPHA[mode]} (remove the alpha channel first to silence this)",
+                        AEFWarning,
+                        stacklevel=2,
+                    )
+                elif mode not in _EIGHT_BIT:
+                    raise DataError(
+                        f"{path} is a {mode} image (more than 8 bits per value, or not grayscale/colour): "
+                        "aef_hpc reads 8-bit grayscale or RGB images; convert the folder to 8 bits first"
+                    )
+                return _as_chw(np.asarray(image.convert(_EIGHT_BIT.get(mode) or _WITH_ALPHA[mode])), str(path))
         except OSError as exc:
             raise DataError(f"{path}: not a readable image ({exc})") from exc
 
@@ -72,7 +95,7 @@ def image_folder(root: Path, suffixes: set[str], loader) -> Source:
         files = [(0, f) for f in sorted(folder.iterdir()) if f.suffix.lower() in suffixes]
         for label, cls in enumerate(classes):
             files += [(label, f) for f in sorted((folder / cls).rglob("*")) if f.suffix.lower() in suffixes]
-        items += [Item(len(items) + i, loader(f), label, split) for i, (label, f) in enumerate(files)]
+        items += [Item(len(items) + i, loader(f), label, split, str(f)) for i, (label, f) in enumerate(files)]
     if not items:
         raise DataError(f"{root}: no files with suffix {', '.join(sorted(suffixes))} found")
     return Source(str(root), items)
@@ -150,7 +173,11 @@ def open_source(spec: str) -> Source:
         return npy_array(path)
     if path.is_dir():
         has_npz = next(path.rglob("*.npz"), None) is not None
-        return image_folder(path, {".npz"}, _npz_loader) if has_npz else image_folder(path, IMAGE_SUFFIXES, _pil_loader)
+        return (
+            image_folder(path, {".npz"}, _npz_loader)
+            if has_npz
+            else image_folder(path, IMAGE_SUFFIXES, lambda f: _pil_loader(f, path))
+        )
     raise DataError(f"source {spec!r} is neither 'digits', a folder, a .npy file nor torchvision:NAME:ROOT")
 
 

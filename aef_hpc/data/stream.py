@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from ..errors import DataError
+from ..errors import AEFWarning, DataError
 from ..noise import sample_id
 from ..process_group import collective_device, world_info
 from .codec import DECLARED, CorruptSample, decode_sample
@@ -119,7 +119,8 @@ class _SkipCounter:
         if self.strict:
             _raise_named(exn, n)
         self.count += n
-        warnings.warn(f"skipping corrupt data ({type(exn).__name__}: {exn.args[0] if exn.args else exn})", stacklevel=2)
+        reason = exn.args[0] if exn.args else exn
+        warnings.warn(f"skipping corrupt data ({type(exn).__name__}: {reason})", AEFWarning, stacklevel=2)
         return True
 
 
@@ -344,6 +345,7 @@ class ShardSource:
                     raise DataError(f"{split} shard {self.url_of[shard.name]}: {problem}: {fix}")
                 warnings.warn(
                     f"skipping training shard {self.url_of[shard.name]} ({problem}): {shard.count} samples",
+                    AEFWarning,
                     stacklevel=2,
                 )
                 bad_train.append(shard.name)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import AEFWarning, CheckpointError
 from ..process_group import gathered_objects, on_every_rank, on_rank0, world_info
 
 VISIBLE_WITHIN = 120.0
@@ -292,7 +292,7 @@ def _first_intact(candidates: list[Checkpoint]) -> Checkpoint | None:
             candidate.verify()
             return candidate
         except CheckpointError as exc:
-            warnings.warn(f"skipping {exc}; using an older checkpoint", stacklevel=3)
+            warnings.warn(f"skipping {exc}; using an older checkpoint", AEFWarning, stacklevel=3)
     return None
 
 
@@ -333,6 +333,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         if best not in {c.name for c in candidates}:
             warnings.warn(
                 f"{root / 'best'} names {best}, which is missing or incomplete: using the newest checkpoint instead",
+                AEFWarning,
                 stacklevel=2,
             )
         candidates = [c for c in candidates if c.name == best] + [c for c in candidates if c.name != best]

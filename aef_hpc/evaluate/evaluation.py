@@ -26,7 +26,7 @@ import torch
 
 from ..data import dequantize
 from ..engine.checkpoint import write_atomic
-from ..errors import ConfigError, DataError
+from ..errors import AEFWarning, ConfigError, DataError
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from ..process_group import on_every_rank, on_rank0, world_info
@@ -154,7 +154,7 @@ def _finished_shards(out: Path, counts: dict[str, int], settings: dict) -> set[s
     records = out / RECORDS
     saved = out / "settings.json"
     if saved.exists() and json.loads(saved.read_text()) != settings:
-        warnings.warn(f"{records}: records of other settings discarded (evaluating again)", stacklevel=3)
+        warnings.warn(f"{records}: records of other settings discarded (evaluating again)", AEFWarning, stacklevel=3)
         shutil.rmtree(records, ignore_errors=True)
     records.mkdir(parents=True, exist_ok=True)
     write_atomic(saved, json.dumps(settings, indent=2))
