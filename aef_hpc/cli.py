@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import AEFError, AEFWarning, ConfigError
 from .signals import sigterm_as_interrupt
@@ -19,19 +20,23 @@ def _train(args) -> int:
     from .config import load_config
     from .engine import find_resumable
     from .evaluate import checkpoint_config
-    from .train import train
+    from .train import start_over_config, stopped_before_first_checkpoint, train
 
+    checkpoint, start_over = None, False
     if args.resume:
         if args.config:
             raise ConfigError(
                 "--config cannot be combined with --resume: the run's own config is used; "
                 "change single keys with key=value (e.g. train.steps=4000)"
             )
-        checkpoint = find_resumable(args.resume)
-        cfg = checkpoint_config(checkpoint, args.overrides)
+        if stopped_before_first_checkpoint(args.resume):  # nothing to continue: the same run again, same folder
+            cfg, start_over = start_over_config(args.resume, args.overrides), True
+        else:
+            checkpoint = find_resumable(args.resume)
+            cfg = checkpoint_config(checkpoint, args.overrides)
     else:
-        checkpoint, cfg = None, load_config(args.config, args.overrides)
-    result = train(cfg, progress=not args.no_progress, resume=checkpoint)
+        cfg = load_config(args.config, args.overrides)
+    result = train(cfg, progress=not args.no_progress, resume=checkpoint, start_over=start_over)
     if result is None:  # ranks other than 0: rank 0 reports
         return 0
     _print_summary(result.summary, result.eval_dir)
@@ -184,6 +189,11 @@ def _shards(args) -> int:
 
 
 def _bench(args) -> int:
+    from .writable import check_writable_file
+
+    out = args.out or f"bench/{args.what}.csv"
+    if not args.traffic:
+        check_writable_file(out, "--out")  # before the benchmark runs, not after it
     if args.what == "kernels":
         if (args.cpu_smoke or args.traffic) and os.environ.get("TRITON_INTERPRET") != "1":
             env = {**os.environ, "TRITON_INTERPRET": "1"}  # triton reads it at import: start anew
@@ -195,21 +205,18 @@ def _bench(args) -> int:
             return 0
         from .bench import kernels as kernel_bench
 
-        out = args.out or "bench/kernels.csv"
-        plot = out.replace(".csv", ".png")
+        plot = str(Path(out).with_suffix(".png"))
         smoke = kernel_bench.SMOKE if args.cpu_smoke else {}
         print(kernel_bench.table(kernel_bench.run(out, plot, cpu_smoke=args.cpu_smoke, **smoke)))
         print(f"wrote {out} and {plot}")
         return 0
     if args.what in ("eval", "scale", "train"):  # each module: run(out) -> rows, table(rows) -> text
         bench = importlib.import_module(f".bench.{args.what}", __package__)
-        out = args.out or f"bench/{args.what}.csv"
         print(bench.table(bench.run(out)))
         print(f"wrote {out}")
         return 0
     from .bench import data
 
-    out = args.out or "bench/data.csv"
     rows = data.run(out, images=args.images)
     width = max(len(r["loader"]) for r in rows)
     for r in rows:
@@ -247,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a trained model's likelihood (and FID) on a split",
         description="Evaluate a run's best checkpoint (or the checkpoint folder given): exact NLL for partition "
         "AEFs, importance sampling (eval.num_samples x eval.repeats) otherwise; bits/dim mean ± standard error, "
-        "per-image records and summary under RUN/eval/<checkpoint>-<split>/.",
+        "per-image records and summary under RUN/eval/<checkpoint>-<split>/ (other settings than the run's final "
+        "test: a folder of their own beside it, e.g. -K1024x20).",
     )
     evaluate.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="runs/NAME or runs/NAME/checkpoints/step-N")
     evaluate.add_argument(
@@ -277,12 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="runs/NAME or runs/NAME/checkpoints/step-N")
     export.add_argument("--out", help="folder that receives step-N/ (default RUN_DIR/export)")
-    export.set_defaults(func=_export, overrides=[])
+    export.set_defaults(func=_export, overrides=None)
 
     info = commands.add_parser(
         "info", help="print the ranks, devices, backend and versions this process finds (run it under a launcher)"
     )
-    info.set_defaults(func=_info, overrides=[])
+    info.set_defaults(func=_info, overrides=None)
 
     shards = commands.add_parser("shards", help="write webdataset tar shards and manifest.json from a source")
     shards.add_argument(
@@ -310,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     shards.add_argument("--no-progress", action="store_true", help="no progress bar")
-    shards.set_defaults(func=_shards, overrides=[])
+    shards.set_defaults(func=_shards, overrides=None)
 
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
     bench.add_argument(
@@ -334,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernels: print the bytes per element each op moves (Triton, eager, minimum) as a markdown table, "
         "measured under Triton's CPU interpreter; times nothing",
     )
-    bench.set_defaults(func=_bench, overrides=[])
+    bench.set_defaults(func=_bench, overrides=None)
     return parser
 
 
@@ -362,9 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *rest]  # key=value after a flag
     args.argv = argv
     try:
+        if args.overrides is None and rest:  # a command without key=value arguments
+            hint = " (a checkpoint is chosen by its folder: RUN/checkpoints/step-N)" if args.command == "export" else ""
+            raise ConfigError(f"{args.command} takes no argument {' '.join(rest)}{hint}")
+        args.overrides = [*(args.overrides or []), *rest]  # key=value after a flag
         with sigterm_as_interrupt():
             return args.func(args)
     except AEFError as exc:

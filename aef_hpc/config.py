@@ -300,6 +300,7 @@ def _merge(layer, overrides: list[str], where: str) -> Config:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=200)")
+    _check_each_value(layer, overrides, where)
     if layer is not None and not isinstance(layer, DictConfig):
         raise ConfigError(f"the config{where} must be a mapping of sections (model:, train:, ...), not a list or value")
     try:
@@ -312,6 +313,15 @@ def _merge(layer, overrides: list[str], where: str) -> Config:
         raise ConfigError(f"config key {key!r}{where}: {reason}") from exc
     _check(cfg)
     return cfg
+
+
+def _check_each_value(layer, overrides: list[str], where: str) -> None:
+    """A key given twice on the command line: the last value wins, and every earlier value is validated too, so
+    a bad value is never silently dropped."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    for i, key in enumerate(keys):
+        if key in keys[i + 1 :]:
+            _merge(layer, [item for j, item in enumerate(overrides) if keys[j] != key or j == i], where)
 
 
 def to_yaml(cfg: Config) -> str:

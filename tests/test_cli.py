@@ -227,3 +227,30 @@ def test_more_bad_inputs_are_one_line(tmp_path, capsys):
     assert main(["train", "eval.temperature=inf", "--no-progress"]) == 2
     assert "eval.temperature=inf is not a finite number" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_bad_sources_batches_and_outputs_are_one_line_before_any_work(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "garbage.npy").write_bytes(b"not an array at all")
+    np.save(tmp_path / "floats.npy", np.zeros((5, 4, 4), np.float32))
+    for name, match in (("objects", "not a plain array"), ("garbage", "not a NumPy .npy file"), ("floats", "uint8")):
+        assert main(["shards", str(tmp_path / f"{name}.npy"), str(tmp_path / name), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and match in err and not (tmp_path / name).exists()
+    runs = f"run.out_dir={tmp_path / 'runs'}"
+    for batch in ("100000", "2000000000"):  # 1,258 training images: a batch would repeat them
+        assert main(["train", f"train.batch_size={batch}", runs, "--no-progress"]) == 2
+        assert "the training split holds 1258: every batch would repeat images" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "a-file").write_text("kept")
+    for what in ("data", "train", "scale", "eval", "kernels"):  # refused before the benchmark runs
+        for out in (tmp_path / "a-file" / "b.csv", tmp_path):
+            assert main(["bench", what, "--out", str(out)]) == 2
+            assert "--out" in capsys.readouterr().err
+    assert main(["export", "runs/nope", "--out", str(tmp_path / "a-file")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
+    assert main(["export", "runs/nope", "step=20"]) == 2
+    assert "takes no argument step=20" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "kept"

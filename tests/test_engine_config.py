@@ -35,6 +35,9 @@ def test_presets_take_batch_accumulation_clipping_adam_and_precision_from_train(
         ("- a\n- b\n", "must be a mapping"),
         ("zero_optimization: [\n", "not valid YAML"),
         ("zero_optimization: {stage: 2, compute_grad_norm: false}\n", "sets zero_optimization.compute_grad_norm"),
+        ("zero_optimisation: {stage: 2}\n", "unknown key zero_optimisation .did you mean zero_optimization"),
+        ("zero_optimization: {stage: 2, overlap_com: true}\n", "did you mean zero_optimization.overlap_comm"),
+        ("wall_clock: true\n", "unknown key wall_clock"),
     ],
 )
 def test_bad_presets_are_one_line(tmp_path, text, match):

@@ -70,11 +70,17 @@ def test_impossible_model_requests(kwargs, match):
         (["train.lr=-1"], "train.lr=-1.0 must be positive"),
         (["data.test_fraction=0.95"], "data.val_fraction"),
         (["train.steps"], "not of the form key=value"),
+        (["train.steps=-5", "train.steps=7"], "train.steps=-5 must be at least 1"),  # every value given is checked
+        (["train.steps=7", "train.steps=0"], "train.steps=0 must be at least 1"),
     ],
 )
 def test_config_errors_name_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(overrides=overrides)
+
+
+def test_a_key_given_twice_takes_the_last_value():
+    assert load_config(overrides=["train.steps=5", "train.lr=0.1", "train.steps=7"]).train.steps == 7
 
 
 def test_config_file_errors(tmp_path):

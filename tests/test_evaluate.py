@@ -53,14 +53,18 @@ def runs(tmp_path_factory):
     return out
 
 
-def summary_of(run: Path, split="test") -> dict:
+def summary_of(run: Path, split="test", tag="") -> dict:
+    """The summary of the best checkpoint's evaluation: the run's own (final test), or the one tagged ``tag`` (a
+    glob pattern: the folder of other settings)."""
     best = (run / "checkpoints" / "best").read_text().strip()
-    return json.loads((run / "eval" / f"{best}-{split}" / "summary.json").read_text())
+    (path,) = (run / "eval").glob(f"{best}-{split}{'-' + tag if tag else ''}/summary.json")
+    return json.loads(path.read_text())
 
 
-def records_of(run: Path, split="test") -> list[dict]:
+def records_of(run: Path, split="test", tag="") -> list[dict]:
     best = (run / "checkpoints" / "best").read_text().strip()
-    return list(csv.DictReader(open(run / "eval" / f"{best}-{split}" / "records.csv")))
+    (path,) = (run / "eval").glob(f"{best}-{split}{'-' + tag if tag else ''}/records.csv")
+    return list(csv.DictReader(open(path)))
 
 
 @pytest.mark.parametrize("name", ["center", "linear", "vae"])
@@ -83,8 +87,9 @@ def test_importance_sampling_is_independent_of_the_chunk_size(tmp_path, runs, fl
     nll = {}
     for chunk in (1, 4, 6):
         assert main(["eval", str(run), f"eval.chunk_size={chunk}", "eval.limit=40"]) == 0
-        nll[chunk] = [r["nll_nats"] for r in records_of(run)]
+        nll[chunk] = [r["nll_nats"] for r in records_of(run, tag="first40")]
     assert nll[1] == nll[4] == nll[6]
+    assert len(list((run / "eval").glob("*-test-first40*"))) == 1, "chunks change no number: one folder"
     summary = summary_of(run)
     assert summary["estimator"] == "importance sampling" and summary["num_samples"] == 6
     assert 1 <= summary["ess_min"] <= summary["ess_median"] <= 6
@@ -97,8 +102,8 @@ def test_standard_error_shrinks_as_the_test_set_grows(tmp_path, runs, float32_de
     se = {}
     for limit in (20, 80, 320):
         assert main(["eval", str(run), f"eval.limit={limit}"]) == 0
-        summary = summary_of(run)
-        assert summary["count"] == limit
+        summary = summary_of(run, tag=f"first{limit}")
+        assert summary["count"] == limit and summary["settings"]["limit"] == limit
         se[limit] = summary["bits_per_dim_se"]
     assert se[20] > se[80] > se[320] > 0
 
@@ -115,7 +120,8 @@ def test_proposal_std_is_stored_beside_the_checkpoint_and_reused(tmp_path, runs,
     open_checkpoint(run / "checkpoints" / best)  # still intact: its meta.json lists every file it holds
     assert main(["eval", str(run), "eval.proposal_stds=[0.5]"]) == 0, "another grid selects again"
     assert json.loads(path.read_text())["proposal_std"] == 0.5
-    assert summary_of(run)["proposal_std"] == 0.5
+    assert summary_of(run, tag="eval-*")["proposal_std"] == 0.5
+    assert summary_of(run)["proposal_std"] == stored["proposal_std"], "the run's own result stays"
 
 
 def test_an_export_carries_the_selected_proposal_std_and_reproduces_the_runs_number(tmp_path, runs, float32_default):
@@ -127,6 +133,8 @@ def test_an_export_carries_the_selected_proposal_std_and_reproduces_the_runs_num
     assert main(["export", str(run)]) == 0
     exported = next((run / "export").glob("step-*"))
     assert open_checkpoint(exported).meta["proposal"]["proposal_std"] == ours["proposal_std"]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
+    assert modes["model.safetensors"] == modes["config.yaml"], modes  # safetensors alone would write 0o600
     for extra in (["eval.select_proposal_std=false"], []):  # the export's own config searches no more either
         shutil.rmtree(run / "export" / "eval", ignore_errors=True)
         assert main(["eval", str(exported), *extra]) == 0
@@ -152,13 +160,22 @@ def test_interrupted_evaluation_records_are_reused_only_for_the_same_weights_dev
     assert evaluation._settings(remade)["weights"] != settings["weights"]
     on_meta = types.SimpleNamespace(**{**vars(trained), "device": torch.device("meta")})
     assert evaluation._settings(on_meta) != settings
-    out, counts = tmp_path / "eval", {"test-000000": 2}
+    # the folder of an evaluation: records in progress or finished are reused only by the same settings
+    checkpoint = types.SimpleNamespace(path=tmp_path / "checkpoints" / "step-000006", run_dir=tmp_path)
+    fake = types.SimpleNamespace(**{**vars(trained), "checkpoint": checkpoint, "tag": ""})
+    out, counts = evaluation._folder(fake, settings), {"test-000000": 2}
+    assert out == tmp_path / "eval" / "step-000006-test"
     assert evaluation._finished_shards(out, counts, settings) == set()
     rows = [("a", 1.0, None), ("b", 2.0, None)]
     evaluation._write_csv(out / evaluation.RECORDS / "test-000000.csv", ["key", "nll_nats", "ess"], rows)
+    assert evaluation._folder(fake, settings) == out
     assert evaluation._finished_shards(out, counts, settings) == {"test-000000"}, "same settings: reused"
-    with pytest.warns(UserWarning, match="records of other settings discarded"):
-        assert evaluation._finished_shards(out, counts, evaluation._settings(remade)) == set()
+    for other in (evaluation._settings(remade), evaluation._settings(on_meta)):
+        assert evaluation._folder(fake, other).name == "step-000006-test-2", "another folder: nothing replaced"
+    (out / "settings.json").unlink()
+    (out / "summary.json").write_text(json.dumps({"settings": settings}))  # finished
+    assert evaluation._folder(fake, settings) == out
+    assert evaluation._folder(fake, evaluation._settings(remade)).name == "step-000006-test-2"
 
 
 def test_denoising_metrics(runs):
@@ -176,7 +193,7 @@ def test_fid_with_a_local_inception_file(tmp_path, runs, float32_default):
     run = tmp_path / "vae"
     shutil.copytree(runs / "vae", run)
     assert main(["eval", str(run), f"eval.fid_weights={weights}", "eval.fid_samples=3", "eval.limit=6"]) == 0
-    summary = summary_of(run)
+    summary = summary_of(run, tag="first6-eval-*")
     assert summary["fid"] >= 0 and summary["fid_samples"] == 3 and summary["ife"] >= 0
 
 
@@ -248,11 +265,13 @@ def test_every_verb_has_help(verb):
 def test_eval_reproduces_the_final_test_after_a_resume_with_eval_overrides(tmp_path, runs, float32_default):
     run = tmp_path / "vae"
     shutil.copytree(runs / "vae", run)
+    before = summary_of(run)
     assert main(["train", "--resume", str(run), "eval.num_samples=3", "--no-progress"]) == 0
-    trained_records = records_of(run)
-    assert summary_of(run)["num_samples"] == 3
+    assert summary_of(run) == before, "the first final test is never replaced"
+    trained_records = records_of(run, tag="2")  # the final test of other settings: beside it
+    assert summary_of(run, tag="2")["num_samples"] == 3
     assert main(["eval", str(run)]) == 0
-    assert records_of(run) == trained_records
+    assert records_of(run, tag="2") == trained_records
 
 
 def test_eval_on_other_data(tmp_path, runs, float32_default):
@@ -282,3 +301,16 @@ def test_eval_of_a_checkpoint_folder_kept_elsewhere_writes_beside_it(tmp_path, r
     shutil.copytree(runs / "center" / "checkpoints" / best, tmp_path / "kept" / best)
     assert main(["eval", str(tmp_path / "kept" / best)]) == 0
     assert (tmp_path / "kept" / "eval" / f"{best}-test" / "summary.json").is_file()
+
+
+def test_eval_with_other_settings_never_replaces_the_final_test(tmp_path, runs, capsys, float32_default):
+    run = tmp_path / "vae"
+    shutil.copytree(runs / "vae", run)
+    own = summary_of(run)
+    assert main(["eval", str(run), "eval.num_samples=3"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"-test-K3x{own['repeats']}")  # the records folder printed
+    assert main(["eval", str(run), "eval.num_samples=3", "eval.seed=2"]) == 0
+    assert summary_of(run) == own and own["num_samples"] == 6
+    other = summary_of(run, tag=f"K3x{own['repeats']}")
+    assert other["num_samples"] == 3 and other["settings"]["num_samples"] == 3 and other["seed"] == 0
+    assert summary_of(run, tag=f"K3x{own['repeats']}-seed2")["seed"] == 2

@@ -15,6 +15,7 @@ from shard_helpers import digits_shards
 from aef_hpc.cli import main
 from aef_hpc.engine import find_resumable, open_checkpoint
 from aef_hpc.errors import CheckpointError
+from aef_hpc.train.run_dir import read_metrics
 
 STEPS = 24
 # a small, quick run that exercises every piece of state: EMA, a cosine schedule with warmup, accumulation, a VAE
@@ -323,3 +324,30 @@ def test_checkpoint_files_that_are_not_ours_are_one_line(tmp_path, finished_run,
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and "model.pt" in lines[0], proc.stderr
     assert not (tmp_path / "payload-ran").exists(), "a payload ran"
+
+
+def test_a_run_stopped_before_its_first_checkpoint_keeps_its_logs_and_starts_over(tmp_path, monkeypatch, capsys):
+    from aef_hpc.train import loop
+
+    args = [*RUN, "train.steps=8", "train.checkpoint_every=null", "train.log_every=1", f"run.out_dir={tmp_path}"]
+    assert main(["train", *args, "run.name=whole"]) == 0
+    count_step = loop._count_step
+
+    def interrupted_at_step_3(tr, step, result):
+        if step == 3:
+            raise KeyboardInterrupt
+        count_step(tr, step, result)
+
+    monkeypatch.setattr(loop, "_count_step", interrupted_at_step_3)
+    run = tmp_path / "r"
+    assert main(["train", *args, "run.name=r"]) == 130
+    assert "before the first checkpoint" in capsys.readouterr().err
+    assert (run / "NO_CHECKPOINT").is_file() and not list(run.glob("checkpoints/step-*"))
+    assert [r["step"] for r in read_metrics(run) if r["metric"] == "neg_elbo"] == ["1", "2"], "the logs are kept"
+    assert list((run / "tensorboard").iterdir())
+    monkeypatch.setattr(loop, "_count_step", count_step)
+    assert main(["train", *args, "run.name=r"]) == 2
+    assert f"start it over with `aef-hpc train --resume {run}`" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # starts over: the same as uninterrupted
+    assert not (run / "NO_CHECKPOINT").exists()
+    assert read_metrics(run) == read_metrics(tmp_path / "whole")

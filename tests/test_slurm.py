@@ -85,7 +85,7 @@ def test_usr1_checkpoints_requeues_and_the_rerun_resumes(slurm, single, tmp_path
     wait_gone(slurm, job)
     log = next(tmp_path.glob("slurm-*.out")).read_text()
     assert "SIGUSR1" in log and "checkpoint requested" in log, log[-3000:]
-    assert f"job {job} requeued (1 of 20)" in log and "(restart 1)" in log, log[-3000:]
+    assert f"requeueing job {job} (1 of 20)" in log and "(restart 1)" in log, log[-3000:]
     stopped = int(log.split("checkpoint at step ")[1].split()[0])
     assert 0 < stopped < 100 and f"resuming {tmp_path / 'r'} from step-{stopped:06d}" in log
     meta = (tmp_path / "r" / "checkpoints" / "step-000300" / "meta.json").read_text()

@@ -115,7 +115,16 @@ def _npz_loader(path: Path):
 
 
 def npy_array(path: Path) -> Source:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    """A uint8 ``.npy`` array of N images (memory-mapped; never unpickled)."""
+    with open(path, "rb") as file:
+        if file.read(6) != b"\x93NUMPY":
+            raise DataError(f"{path} is not a NumPy .npy file (no .npy header): write it with numpy.save")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:  # object arrays, a damaged header
+        raise DataError(f"{path}: not a plain array ({exc.args[0]}): save the images as a uint8 array") from None
+    if array.dtype != np.uint8:
+        raise DataError(f"{path}: pixels must be uint8, got {array.dtype}: convert with array.astype(numpy.uint8)")
     if array.ndim not in (3, 4):
         raise DataError(f"{path}: expected N×H×W, N×C×H×W or N×H×W×C, got shape {array.shape}")
     return Source(

@@ -10,6 +10,7 @@ outside ``forward`` (initialisation, sampling, evaluation) runs under ``gathered
 """
 
 import contextlib
+import difflib
 import importlib
 import io
 import math
@@ -38,6 +39,19 @@ OWNED = {
     "amp": "train.precision",
     "torch_autocast": "train.precision",
 }
+#: what a preset may set besides what train.* owns: the ZeRO options and DeepSpeed's own bookkeeping
+PRESET_KEYS = (
+    "zero_optimization",
+    "communication_data_type",
+    "prescale_gradients",
+    "gradient_predivide_factor",
+    "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer",
+    "wall_clock_breakdown",
+    "memory_breakdown",
+    "comms_logger",
+    "aio",
+)
 TAG = "zero"
 """the DeepSpeed tag inside a checkpoint folder: ``step-N/zero/``"""
 
@@ -47,6 +61,23 @@ def _preset_path(name: str) -> Path:
     if not path.is_absolute() and not path.exists():  # presets shipped with the repository
         path = Path(__file__).resolve().parents[2] / name
     return path
+
+
+def _zero_keys() -> set[str]:
+    """Every key DeepSpeed's ZeRO section reads (its field names and their aliases)."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    fields = DeepSpeedZeroConfig.model_fields
+    return set(fields) | {f.alias for f in fields.values() if f.alias}
+
+
+def _check_known(path: Path, prefix: str, section: dict, known) -> None:
+    """A misspelt preset key would be ignored by DeepSpeed (ZeRO-0 instead of ZeRO-2): refuse it, naming it."""
+    for key in section:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), list(known), n=1)
+            fix = f"did you mean {prefix}{near[0]}?" if near else f"known: {', '.join(sorted(known))}"
+            raise ConfigError(f"deepspeed.config={path}: unknown key {prefix}{key} ({fix})")
 
 
 def deepspeed_config(cfg) -> dict:
@@ -64,7 +95,9 @@ def deepspeed_config(cfg) -> dict:
     for key, ours in OWNED.items():
         if key in preset:
             raise ConfigError(f"deepspeed.config={path} sets {key}: remove it, aef_hpc sets it from {ours}")
+    _check_known(path, "", preset, PRESET_KEYS)
     zero = dict(preset.get("zero_optimization") or {})
+    _check_known(path, "zero_optimization.", zero, _zero_keys())
     if zero.get("compute_grad_norm", True) is not True:  # a non-finite step is dropped through DeepSpeed's norm
         raise ConfigError(
             f"deepspeed.config={path} sets zero_optimization.compute_grad_norm: remove it (bad steps are detected "

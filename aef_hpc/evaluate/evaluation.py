@@ -1,32 +1,33 @@
 """``aef-hpc eval``: the likelihood of a split in nats and bits/dim (mean ± standard error), per-image records,
 the effective sample size of importance sampling, and optionally FID and the denoising metrics.
 
-Results go to ``RUN/eval/<checkpoint>-<split>/``:
+Results go to ``RUN/eval/<checkpoint>-<split>[-<tag>]/`` (``_folder``: one per setting, never replaced):
 - while it runs, ``shards/<shard>.csv`` (key, nll_nats, ess): one file per finished shard, written atomically by
   the rank that evaluated it, and ``settings.json`` (what they were computed with): an interrupted evaluation
   restarted with the same settings skips the finished shards; both go once the records are merged;
 - ``records.csv`` (key, shard, nll_nats, bits_per_dim, ess; ess empty for exact likelihoods): all of them, merged
   by rank 0 in manifest order once every shard is complete and every key appears once;
 - ``summary.json``: bits/dim mean ± standard error, count, K, repeats, proposal std, world size, the shards whose
-  records an interrupted evaluation had finished (``shards_reused``), seconds.
+  records an interrupted evaluation had finished (``shards_reused``), seconds, and the ``settings`` it was
+  computed with.
 The training run's final test is this same function on its best checkpoint, so ``aef-hpc eval RUN`` reproduces
 it exactly.
 """
 
 import csv
 import io
+import itertools
 import json
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..data import dequantize
 from ..engine.checkpoint import write_atomic
-from ..errors import AEFWarning, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from ..process_group import on_every_rank, on_rank0, world_info
@@ -118,10 +119,30 @@ def check_world(cfg, world: int) -> None:
         )
 
 
-def _folder(trained: Trained) -> Path:
-    """``RUN/eval/<checkpoint>-<split>[-data-<tag>]``: other data never overwrites the run's own records."""
-    tag = f"-data-{trained.data_tag}" if trained.data_tag else ""
-    return trained.checkpoint.run_dir / "eval" / f"{trained.checkpoint.path.name}-{trained.cfg.eval.split}{tag}"
+def _folder(trained: Trained, settings: dict) -> Path:
+    """``RUN/eval/<checkpoint>-<split>[-<tag>]`` (``Trained.tag``: what differs from the run's final test, e.g.
+    ``-K1024x20``); where that folder holds results of other settings (other weights under the same step name,
+    another device or kernels), ``-2``, ``-3``, ...: an evaluation never replaces another's results."""
+    base = f"{trained.checkpoint.path.name}-{trained.cfg.eval.split}" + (f"-{trained.tag}" if trained.tag else "")
+    root = trained.checkpoint.run_dir / "eval"
+    for n in itertools.count(1):
+        folder = root / (base if n == 1 else f"{base}-{n}")
+        held = _held_settings(folder)
+        if held is None or held == settings:
+            return folder
+    raise AssertionError("unreachable")
+
+
+def _held_settings(folder: Path) -> dict | None:
+    """The settings of the results a folder holds (finished: its summary's; in progress: ``settings.json``);
+    ``None``: it holds none. Unreadable or older results count as other settings."""
+    for name, pick in (("summary.json", lambda d: d.get("settings", {})), ("settings.json", lambda d: d)):
+        if (folder / name).is_file():
+            try:
+                return pick(json.loads((folder / name).read_text()))
+            except (OSError, ValueError, AttributeError):
+                return {}
+    return None
 
 
 def _settings(trained: Trained) -> dict:
@@ -138,6 +159,7 @@ def _settings(trained: Trained) -> dict:
         "seed": e.seed,
         "num_samples": e.num_samples,
         "repeats": e.repeats,
+        "limit": e.limit,
         "proposal_std": float(getattr(trained.model, "proposal_std", 0.0)),
         "data": repr(vars(trained.cfg.data)),
     }
@@ -149,15 +171,11 @@ def _read_shard(path: Path) -> list[tuple[str, float, float | None]]:
 
 
 def _finished_shards(out: Path, counts: dict[str, int], settings: dict) -> set[str]:
-    """Rank 0: the shards whose record files are complete (an interrupted evaluation goes on from there);
-    records of other settings (checkpoint, seed, K, data) are discarded."""
+    """Rank 0: the shards whose record files are complete (an interrupted evaluation goes on from there); ``out``
+    holds records of these ``settings`` only (``_folder``)."""
     records = out / RECORDS
-    saved = out / "settings.json"
-    if saved.exists() and json.loads(saved.read_text()) != settings:
-        warnings.warn(f"{records}: records of other settings discarded (evaluating again)", AEFWarning, stacklevel=3)
-        shutil.rmtree(records, ignore_errors=True)
     records.mkdir(parents=True, exist_ok=True)
-    write_atomic(saved, json.dumps(settings, indent=2))
+    write_atomic(out / "settings.json", json.dumps(settings, indent=2))
     done = set()
     for name, count in counts.items():
         path = records / f"{name}.csv"
@@ -226,24 +244,25 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
     proposal = on_rank0(lambda: proposal_std(trained, data))  # one search, one writer of its file
     if proposal is not None:
         model.proposal_std.fill_(proposal["proposal_std"])
-    out = _folder(trained)
+    settings = _settings(trained)
+    out = on_rank0(lambda: _folder(trained, settings))
     if e.limit is not None:  # a prefix of one stream (one rank): no shard records
         batches = limited(data.eval_batches(e.split, e.batch_size), e.limit)
         result = per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device)
         shards, done = [""] * len(result.keys), set()
     else:
         counts = data.shard_counts(e.split)
-        done = on_rank0(lambda: _finished_shards(out, counts, _settings(trained)))
+        done = on_rank0(lambda: _finished_shards(out, counts, settings))
         on_every_rank(  # a rank that fails (a corrupt shard) stops every rank; nothing is merged
             lambda: _evaluate_shards(model, data, e, data.levels, out, counts, done, device),
             f"evaluating the {e.split} split",
         )
         result, shards = on_rank0(lambda: _merge(out, counts, e.split))
-    return on_rank0(lambda: _write(trained, data, result, shards, proposal, started, len(done)))
+    return on_rank0(lambda: _write(trained, data, result, shards, proposal, started, len(done), out, settings))
 
 
 def _write(
-    trained: Trained, data, result: PerImage, shards, proposal, started: float, reused: int
+    trained: Trained, data, result: PerImage, shards, proposal, started: float, reused: int, out: Path, settings
 ) -> tuple[dict, Path]:
     cfg, model = trained.cfg, trained.model
     e = cfg.eval
@@ -278,8 +297,8 @@ def _write(
         summary["proposal_std_selected"] = proposal is not None
     summary.update(_image_metrics(trained, data))
     summary["seconds"] = round(time.monotonic() - started, 3)
+    summary["settings"] = settings  # what makes these results these (their folder is chosen by it)
 
-    out = _folder(trained)
     out.mkdir(parents=True, exist_ok=True)
     ess = result.ess.tolist() if result.ess is not None else [None] * len(result.keys)
     rows = zip(result.keys, shards, result.nll.tolist(), bpd.tolist(), ess, strict=True)

@@ -14,6 +14,7 @@ from ..engine import open_checkpoint, save_checkpoint
 from ..engine.single import load_model_weights
 from ..models import ExpandedAEF
 from ..models.from_config import model_from_config
+from ..writable import check_writable_folder, give_usual_mode
 from .evaluation import proposal_settings, stored_proposal
 from .restore import EXPORT_FILE, checkpoint_config, checkpoint_weights, run_config, weights_digest
 
@@ -23,6 +24,8 @@ KEPT = ("epoch", "batch_in_epoch", "model", "image_shape", "levels", "validation
 
 def export(path: str | Path, out: str | Path | None = None) -> Path:
     """Export the checkpoint ``path`` (a run folder: its best) to ``out/step-N/`` (default ``RUN/export``)."""
+    if out is not None:
+        check_writable_folder(out, "--out")
     checkpoint = open_checkpoint(path)
     cfg = checkpoint_config(checkpoint, (), run_config(path))  # a run folder: the run's config, as its final test
     state, ema, source = checkpoint_weights(checkpoint, cfg)
@@ -48,6 +51,7 @@ def export(path: str | Path, out: str | Path | None = None) -> Path:
 
     def write(folder: Path) -> None:
         safetensors.torch.save_file(tensors, str(folder / EXPORT_FILE), metadata={"model": cfg.model.name})
+        give_usual_mode(folder / EXPORT_FILE)
         (folder / "config.yaml").write_text(to_yaml(cfg))
 
     root = Path(out) if out is not None else checkpoint.run_dir / "export"

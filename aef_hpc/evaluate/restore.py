@@ -27,8 +27,8 @@ class Trained:
     device: torch.device
     ema: bool
     """whether the weights are the exponential moving average"""
-    data_tag: str = ""
-    """``""`` for the data the model was trained on, else a short tag of the other data (names eval folders)"""
+    tag: str = ""
+    """what this evaluation does differently from the run's own final test (``settings_tag``): names its folder"""
     weights: str = ""
     """``weights_digest`` of the weights evaluation uses: what its stored results are keyed by"""
 
@@ -84,10 +84,37 @@ def restore(path, overrides: list[str] = (), use_ema: bool = True, device: torch
     base = run_config(path)
     cfg = checkpoint_config(checkpoint, overrides, base)
     trained = restore_checkpoint(checkpoint, cfg, use_ema, device)
-    trained_on = checkpoint_config(checkpoint, (), base).data
-    if cfg.data != trained_on:
-        trained.data_tag = hashlib.sha256(repr(vars(cfg.data)).encode()).hexdigest()[:8]
+    trained.tag = settings_tag(checkpoint_config(checkpoint, (), base), cfg)
     return trained
+
+
+#: eval keys that change no number of an evaluation (memory and speed only), or that name its folder already
+_NOT_TAGGED = ("split", "batch_size", "chunk_size")
+
+
+def settings_tag(own: Config, cfg: Config) -> str:
+    """How ``cfg``'s evaluation differs from the run's own (``own``, its final test), readable: ``K1024x20``
+    (importance samples x repeats), ``seed3``, ``first100`` (``eval.limit``), ``eval-<hash>`` (other eval keys: the
+    proposal grid, FID), ``data-<hash>`` (other data); ``""``: the same."""
+    e, o = cfg.eval, own.eval
+    parts = []
+    if (e.num_samples, e.repeats) != (o.num_samples, o.repeats):
+        parts.append(f"K{e.num_samples}x{e.repeats}")
+    if e.seed != o.seed:
+        parts.append(f"seed{e.seed}")
+    if e.limit != o.limit:
+        parts.append(f"first{e.limit}" if e.limit is not None else "all")
+    known = ("num_samples", "repeats", "seed", "limit", *_NOT_TAGGED)
+    others = {k: v for k, v in vars(e).items() if k not in known and v != getattr(o, k)}
+    if others:
+        parts.append(f"eval-{_short_hash(others)}")
+    if cfg.data != own.data:
+        parts.append(f"data-{_short_hash(vars(cfg.data))}")
+    return "-".join(parts)
+
+
+def _short_hash(values: dict) -> str:
+    return hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:8]
 
 
 def run_config(path) -> Path | None:

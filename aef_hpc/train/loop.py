@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import math
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ from ..signals import CheckpointRequest, sigterm_as_interrupt
 from .collective import initialize_collectively, rank_file
 from .ema import EMA
 from .progress import Progress
-from .run_dir import MetricsLog, SilentLog, lock_run, new_run_dir, read_metrics, write_env
+from .run_dir import MetricsLog, SilentLog, lock_run, mark_no_checkpoint, new_run_dir, read_metrics, write_env
 from .schedule import build_scheduler
 
 
@@ -129,6 +128,17 @@ def check_data_matches_model(data, cfg: Config) -> Config:
     return cfg
 
 
+def check_batch_fits(data, cfg: Config, world_size: int) -> None:
+    """One batch of every rank together must not be larger than the training split (it would repeat images)."""
+    images, held = cfg.train.batch_size * world_size, data.count("train")
+    if images > held:
+        ranks = f" x {world_size} ranks" if world_size > 1 else ""
+        raise DataError(
+            f"train.batch_size={cfg.train.batch_size}{ranks} = {images} images per batch, but the training split "
+            f"holds {held}: every batch would repeat images; use train.batch_size <= {held // world_size}"
+        )
+
+
 def training_batches(data, batch_size: int, epoch: int, start: int):
     """``(epoch, index, Batch)`` forever, from batch ``start`` of ``epoch`` on."""
     while True:
@@ -150,10 +160,14 @@ def training_inputs(batch, levels: int, seed: int, epoch: int, noise_std: float,
     return x
 
 
-def train(cfg: Config, progress: bool = True, resume: Checkpoint | None = None) -> RunResult | None:
-    """Train (on every rank of a job: see ``process_group``); rank 0 returns the result, other ranks ``None``."""
+def train(
+    cfg: Config, progress: bool = True, resume: Checkpoint | None = None, start_over: bool = False
+) -> RunResult | None:
+    """Train (on every rank of a job: see ``process_group``); rank 0 returns the result, other ranks ``None``.
+    ``resume``: continue from that checkpoint; ``start_over``: train the run folder of ``cfg.run`` anew, which
+    stopped before its first checkpoint."""
     with use_kernels(cfg.kernels), sigterm_as_interrupt(), CheckpointRequest() as request:
-        return _train(cfg, progress, resume, request)
+        return _train(cfg, progress, resume, start_over, request)
 
 
 def _check_world(cfg: Config, info, resume: Checkpoint | None, ds_config: dict | None) -> None:
@@ -185,7 +199,7 @@ def _build_engine(cfg: Config, model, ds_config):
                 t.compile, t.precision)  # fmt: skip
 
 
-def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> RunResult | None:
+def _train(cfg: Config, progress: bool, resume: Checkpoint | None, start_over: bool, request) -> RunResult | None:
     # -- everything that can be wrong with the input fails here, before a file is written ----------------------
     info = discover()
     ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
@@ -195,13 +209,14 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None, request) -> R
     check_fid_weights(cfg.eval.fid_weights)
     data = open_data(cfg.data)
     cfg = check_data_matches_model(data, cfg)
+    check_batch_fits(data, cfg, info.world_size)
     if resume is not None:
         check_same_data(resume, data)
     dropped = data.verify()  # every shard's size and checksum, before anything is written or trained
     device = init_distributed(info, device, force=cfg.engine != "single")
     lock = {}  # rank 0's hold on the run folder, until its final test is written
     try:
-        result = _train_ranks(cfg, progress, resume, info, ds_config, device, data, dropped, request, lock)
+        result = _train_ranks(cfg, progress, resume, start_over, info, ds_config, device, data, dropped, request, lock)
         barrier()
     finally:
         leave_distributed()
@@ -244,8 +259,10 @@ class Training:
         return self.info.rank == 0
 
 
-def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, data, dropped, request, lock):
-    tr = _start(cfg, resume, info, ds_config, device, data, dropped, lock)
+def _train_ranks(
+    cfg: Config, progress: bool, resume, start_over, info, ds_config, device, data, dropped, request, lock
+):
+    tr = _start(cfg, resume, start_over, info, ds_config, device, data, dropped, lock)
     t, state = cfg.train, tr.state
     bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and tr.main, t.progress_every)
     if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
@@ -283,7 +300,7 @@ def _train_ranks(cfg: Config, progress: bool, resume, info, ds_config, device, d
     return tr.run_dir, cfg, data, state.best_step
 
 
-def _start(cfg: Config, resume, info, ds_config, device, data, dropped: int, lock: dict) -> Training:
+def _start(cfg: Config, resume, start_over: bool, info, ds_config, device, data, dropped: int, lock: dict) -> Training:
     """The model (ActNorm initialised from the global first batch, unless resumed), its engine and EMA, and the
     run folder: a new one, or the state of the run being resumed."""
     d, t = cfg.data, cfg.train
@@ -299,7 +316,7 @@ def _start(cfg: Config, resume, info, ds_config, device, data, dropped: int, loc
     ema = EMA(model, t.ema_rate) if t.ema_rate > 0 else None
     state = TrainState(skipped_samples=dropped)
     # rank 0 claims the folder (its errors are raised on every rank: none waits for it in a collective)
-    run_dir = on_rank0(lambda: _claim_run_dir(cfg, resume, lock))
+    run_dir = on_rank0(lambda: _claim_run_dir(cfg, resume, start_over, lock))
     if resume is not None:
         engine.load(resume.path)
         state = _load_train_state(resume.path, ema, device)
@@ -312,9 +329,10 @@ def _start(cfg: Config, resume, info, ds_config, device, data, dropped: int, loc
     )
 
 
-def _claim_run_dir(cfg: Config, resume, lock: dict) -> Path:
-    """Rank 0: a new run folder (or the resumed one), locked until the final test is written."""
-    run_dir = new_run_dir(cfg) if resume is None else resume.run_dir
+def _claim_run_dir(cfg: Config, resume, start_over: bool, lock: dict) -> Path:
+    """Rank 0: a new run folder (or the resumed one, or the one started over), locked until the final test is
+    written."""
+    run_dir = new_run_dir(cfg, start_over) if resume is None else resume.run_dir
     lock["run"] = lock_run(run_dir)
     return run_dir
 
@@ -451,18 +469,17 @@ def _check_finished(tr: Training) -> None:
 
 def _explain_stop(tr: Training, exc: BaseException, new_run: bool) -> BaseException | None:
     """What a stopped run says (``None``: the error as it is). A new run that stopped before its first checkpoint
-    leaves nothing behind."""
+    keeps its logs and is marked so; ``--resume`` starts it over."""
     step, found = tr.state.step, complete_checkpoints(tr.run_dir)
     if new_run and not found:
+        why = f"stopped at step {step}, before the first checkpoint (every train.val_every={tr.cfg.train.val_every})"
         if tr.main:
-            shutil.rmtree(tr.run_dir, ignore_errors=True)
+            mark_no_checkpoint(tr.run_dir, why)
+        again = f"its logs are kept in {tr.run_dir}; `aef-hpc train --resume {tr.run_dir}` starts it over"
         if isinstance(exc, KeyboardInterrupt):
-            return Interrupted(f"interrupted at step {step}, before the first checkpoint: nothing kept")
+            return Interrupted(f"interrupted at step {step}, before the first checkpoint: {again}")
         if isinstance(exc, Preempted):
-            return Preempted(
-                f"SIGUSR1 at step {step}, before the first checkpoint: nothing kept (a requeued job starts the "
-                "run again)"
-            )
+            return Preempted(f"SIGUSR1 at step {step}, before the first checkpoint: {again} (a requeued job does)")
         return None
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted(
@@ -488,7 +505,12 @@ def _stop_for_requeue(tr: Training) -> None:
     if not requeue:
         why = "not under SLURM" if job is None else f"run.max_requeues={cfg.run.max_requeues} reached"
         raise Preempted(f"SIGUSR1: stopped with a {kept}; no requeue ({why}): continue with --resume")
-    if tr.main:
+    if tr.main:  # said first: SLURM stops this job's steps as soon as the requeue is accepted
+        print(
+            f"aef-hpc: SIGUSR1: {kept} written; requeueing job {job} ({state.requeues} of {cfg.run.max_requeues})",
+            file=sys.stderr,
+            flush=True,
+        )
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if done.returncode:
             raise Preempted(f"SIGUSR1: {kept} written, but `scontrol requeue {job}` failed: {done.stderr.strip()}")

@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,20 +21,52 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
+from ..config import Config, from_yaml
 from ..engine.checkpoint import write_atomic
 from ..errors import ConfigError
 
 PACKAGES = ("torch", "numpy", "triton", "omegaconf", "webdataset", "deepspeed", "mpi4py", "tensorboard")
 
 
-def new_run_dir(cfg: Config) -> Path:
-    """Create ``out_dir/name`` (``name`` defaults to ``<model>-<date>-<time>``); an existing folder is an error."""
+NO_CHECKPOINT = "NO_CHECKPOINT"
+"""the file that marks a run folder stopped before its first checkpoint: its logs are kept, ``--resume`` starts it
+over"""
+
+
+def mark_no_checkpoint(run_dir: Path, why: str) -> None:
+    """Keep a run that stopped before its first checkpoint (config, metrics, TensorBoard) and say so in it."""
+    write_atomic(run_dir / NO_CHECKPOINT, f"{why}\n`aef-hpc train --resume {run_dir}` starts it over\n")
+
+
+def stopped_before_first_checkpoint(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / NO_CHECKPOINT).is_file()
+
+
+def start_over_config(run_dir: str | Path, overrides: list[str]) -> Config:
+    """The config of a run that stopped before its first checkpoint, with ``key=value`` overrides, naming that
+    folder as its run folder."""
+    run_dir = Path(run_dir)
+    try:
+        text = (run_dir / "config.yaml").read_text()
+    except OSError as exc:
+        raise ConfigError(f"--resume {run_dir}: {exc.filename}: {exc.strerror}") from None
+    cfg = from_yaml(text, overrides, where=str(run_dir / "config.yaml"))
+    cfg.run.out_dir, cfg.run.name = str(run_dir.parent), run_dir.name
+    return cfg
+
+
+def new_run_dir(cfg: Config, start_over: bool = False) -> Path:
+    """Create ``out_dir/name`` (``name`` defaults to ``<model>-<date>-<time>``); an existing folder is an error,
+    except one that stopped before its first checkpoint when ``start_over``: its logs are dropped and it is reused."""
     path = Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         path.exists()
     except OSError as exc:
         raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: cannot create {path} ({exc.strerror})") from None
+    if start_over and stopped_before_first_checkpoint(path):
+        for name in ("metrics.csv", "tensorboard", "checkpoints", "config.yaml", NO_CHECKPOINT):
+            shutil.rmtree(path / name) if (path / name).is_dir() else (path / name).unlink(missing_ok=True)
+        return path
     if cfg.run.name is None:  # an automatic name never collides: -2, -3, ... within the same second
         base, n = path, 1
         while path.exists():
@@ -42,8 +75,9 @@ def new_run_dir(cfg: Config) -> Path:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run.out_dir/run.name: {path} is a file, not a folder: choose another run.name")
     if path.exists() and any(path.iterdir()):
+        how = "start it over" if stopped_before_first_checkpoint(path) else "continue it"
         raise ConfigError(
-            f"run folder {path} exists: continue it with `aef-hpc train --resume {path}` or choose another run.name"
+            f"run folder {path} exists: {how} with `aef-hpc train --resume {path}` or choose another run.name"
         )
     created = [p for p in path.parents if not p.exists()]
     try:
