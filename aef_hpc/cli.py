@@ -36,6 +36,13 @@ def _train(args) -> int:
             cfg = checkpoint_config(checkpoint, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
+    if args.print_config:  # also what a launcher checks once before it starts the ranks
+        from .config import to_yaml
+        from .train import check_launch
+
+        check_launch(cfg, checkpoint)
+        print(to_yaml(cfg), end="")
+        return 0
     result = train(cfg, progress=not args.no_progress, resume=checkpoint, start_over=start_over)
     if result is None:  # ranks other than 0: rank 0 reports
         return 0
@@ -246,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file overriding the defaults of aef_hpc.config")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (YAML) and train nothing; checks the keys, the DeepSpeed preset, the "
+        "engine against the process count and the device",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.name=vae train.steps=200")
     train.set_defaults(func=_train)
 

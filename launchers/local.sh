@@ -11,9 +11,17 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$HERE/.venv}
 GPUS=$("$VENV/bin/python" -c 'import torch; print(torch.cuda.device_count())')
 NPROC=${NPROC:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 2)}
+if ! [[ $NPROC =~ ^[1-9][0-9]*$ ]]; then
+  echo "launchers/local.sh: NPROC=$NPROC must be a whole number of processes, at least 1 (e.g. NPROC=2)" >&2
+  exit 2
+fi
+# the configuration (and the engine against the process count) checked once, before any rank starts: a bad key
+# is one line, not one per rank
+RANK=0 WORLD_SIZE=$NPROC "$VENV/bin/python" -m aef_hpc.cli train --print-config "$@" > /dev/null || exit $?
 if [ -n "${MASTER_PORT:-}" ]; then
   RDZV=(--master-addr 127.0.0.1 --master-port "$MASTER_PORT")
 else
   RDZV=(--standalone)
 fi
-exec "$VENV/bin/torchrun" "${RDZV[@]}" --nnodes 1 --nproc-per-node "$NPROC" -m aef_hpc.cli train "$@"
+# torchrun without its traceback under a failed rank's own message (aef_hpc/torchrun.py)
+exec "$VENV/bin/python" -m aef_hpc.torchrun "${RDZV[@]}" --nnodes 1 --nproc-per-node "$NPROC" -m aef_hpc.cli train "$@"

@@ -14,6 +14,13 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$HERE/.venv}
 MPIEXEC=${MPIEXEC:-$VENV/bin/mpiexec}
 NP=${NP:-2}
+if ! [[ $NP =~ ^[1-9][0-9]*$ ]]; then
+  echo "launchers/mpirun.sh: NP=$NP must be a whole number of processes, at least 1 (e.g. NP=2)" >&2
+  exit 2
+fi
+# the configuration (and the engine against the process count) checked once, before any rank starts: a bad key
+# is one line, not one per rank
+RANK=0 WORLD_SIZE=$NP "$VENV/bin/python" -m aef_hpc.cli train --print-config "$@" > /dev/null || exit $?
 ARGS=(-n "$NP")
 if [ -n "${HOSTS:-}" ]; then ARGS+=(-hosts "$HOSTS"); fi
 exec "$MPIEXEC" "${ARGS[@]}" "$VENV/bin/python" -m aef_hpc.cli train "$@"

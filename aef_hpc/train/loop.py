@@ -199,14 +199,21 @@ def _build_engine(cfg: Config, model, ds_config):
                 t.compile, t.precision)  # fmt: skip
 
 
-def _train(cfg: Config, progress: bool, resume: Checkpoint | None, start_over: bool, request) -> RunResult | None:
-    # -- everything that can be wrong with the input fails here, before a file is written ----------------------
+def check_launch(cfg: Config, resume: Checkpoint | None = None) -> tuple[ProcessInfo, dict | None, torch.device]:
+    """What can be checked before any data is read: the DeepSpeed preset, the engine against the process count
+    (and a resumed run's), the device and kernels, the FID weights. Returns the process, DeepSpeed dict, device."""
     info = discover()
     ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
     _check_world(cfg, info, resume, ds_config)
     device = resolve_device(cfg.train.device)
     check_available(cfg.kernels, device)
     check_fid_weights(cfg.eval.fid_weights)
+    return info, ds_config, device
+
+
+def _train(cfg: Config, progress: bool, resume: Checkpoint | None, start_over: bool, request) -> RunResult | None:
+    # -- everything that can be wrong with the input fails here, before a file is written ----------------------
+    info, ds_config, device = check_launch(cfg, resume)
     data = open_data(cfg.data)
     cfg = check_data_matches_model(data, cfg)
     check_batch_fits(data, cfg, info.world_size)
