@@ -14,7 +14,7 @@ from helpers import aef_hpc_exe
 from aef_hpc.cli import main
 from aef_hpc.engine import open_checkpoint
 from aef_hpc.engine.single import load_model_weights
-from aef_hpc.errors import CheckpointError
+from aef_hpc.errors import AEFWarning, CheckpointError
 from aef_hpc.evaluate import restore
 from aef_hpc.evaluate.inception import FIDInceptionV3
 from aef_hpc.evaluate.restore import weights_digest
@@ -200,16 +200,19 @@ def test_fid_with_a_local_inception_file(tmp_path, runs, float32_default):
 def test_sample_writes_grids_and_latent_plots(tmp_path, runs, capsys, float32_default):
     run = tmp_path / "center"
     shutil.copytree(runs / "center", run)
+    before = {p.name: p.read_bytes() for p in (run / "samples").glob("*.png")}  # written by the training
     assert main(["sample", str(run), "n=9", "temperature=0.85", "deviations=true", "seed=1"]) == 0
     names = {p.name for p in (run / "samples").glob("*.png")}
     best = (run / "checkpoints" / "best").read_text().strip()
     assert {
-        f"samples-{best}-T0.85-deviations.png",
-        f"reconstructions-{best}.png",
-        f"latent-scatter-{best}.png",
+        f"samples-{best}-n9-T0.85-seed1-deviations.png",
+        f"reconstructions-{best}-seed1.png",
+        f"latent-scatter-{best}-seed1.png",
         f"latent-grid-{best}.png",
         "curves.png",
     } <= names
+    assert main(["sample", str(run)]) == 0  # the defaults (n=64, seed 0) are not what the training drew (n=4)
+    assert {name: (run / "samples" / name).read_bytes() for name in before} == before, "nothing replaced"
     assert "wrote" in capsys.readouterr().out
 
 
@@ -314,3 +317,26 @@ def test_eval_with_other_settings_never_replaces_the_final_test(tmp_path, runs, 
     other = summary_of(run, tag=f"K3x{own['repeats']}")
     assert other["num_samples"] == 3 and other["settings"]["num_samples"] == 3 and other["seed"] == 0
     assert summary_of(run, tag=f"K3x{own['repeats']}-seed2")["seed"] == 2
+
+
+def test_a_low_effective_sample_size_is_one_warning_with_what_to_do(tmp_path, runs, float32_default):
+    run = tmp_path / "linear"
+    shutil.copytree(runs / "linear", run)
+    with pytest.warns(AEFWarning, match=r"low importance-sampling effective sample size: median .* of K=512.*"
+                      r"use more samples \(eval.num_samples\)") as caught:  # fmt: skip
+        assert main(["eval", str(run), "eval.num_samples=512", "eval.repeats=1", "eval.limit=10"]) == 0
+    summary = summary_of(run, tag="K512x1-first10")
+    assert summary["ess_median"] < 0.1 * 512 and len([w for w in caught if w.category is AEFWarning]) == 1
+
+
+def test_evaluation_in_a_log_file_shows_progress_lines(tmp_path, runs):
+    run = tmp_path / "center"
+    shutil.copytree(runs / "center", run)
+    done = subprocess.run(
+        [aef_hpc_exe(), "eval", str(run), "train.progress_every=1e-9", "eval.batch_size=100"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("eval test image")]
+    assert [line.split()[3] for line in lines] == ["100/359", "200/359", "300/359", "359/359"], done.stderr
+    assert "images/s eta 0:00:00" in lines[-1] and "\r" not in done.stderr

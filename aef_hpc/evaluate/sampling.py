@@ -1,5 +1,7 @@
 """``aef-hpc sample``: a PNG grid of samples, reconstructions of test images and, for 2-D latents, the paper's
-latent plots; all under ``RUN/samples/``, named for the checkpoint and the settings."""
+latent plots; all under ``RUN/samples/``, named for the checkpoint and every setting that changes the picture (n,
+temperature, seed, deviations), so a second call with other settings never replaces the grids written during
+training."""
 
 import math
 from pathlib import Path
@@ -28,19 +30,21 @@ def write_samples(
     written = [
         save_grid(
             list(samples.split(per_row)),
-            out / f"samples-{tag}-T{temperature:g}{'-deviations' if deviations else ''}.png",
+            out / f"samples-{tag}-n{n}-T{temperature:g}-seed{seed}{'-deviations' if deviations else ''}.png",
         )
     ]
     originals = dequantize(
         first_images(data.eval_batches("test", e.batch_size), 16), data.levels, torch.Generator().manual_seed(seed)
     ).to(device)
-    written.append(save_grid([originals, model.decode(model.encode(originals))], out / f"reconstructions-{tag}.png"))
+    written.append(
+        save_grid([originals, model.decode(model.encode(originals))], out / f"reconstructions-{tag}-seed{seed}.png")
+    )
     if model.latent_dim == 2:
         gen = torch.Generator().manual_seed(seed)
         codes = [
             model.encode(dequantize(images, data.levels, gen).to(device))
             for _, images in limited(data.eval_batches("test", e.batch_size), 4096)
         ]
-        written.append(latent_scatter(torch.cat(codes), out / f"latent-scatter-{tag}.png"))
+        written.append(latent_scatter(torch.cat(codes), out / f"latent-scatter-{tag}-seed{seed}.png"))
         written.append(latent_grid(model, out / f"latent-grid-{tag}.png"))
     return written

@@ -51,10 +51,10 @@ from ..process_group import (
     on_rank0,
     world_sum,
 )
+from ..progress import Progress
 from ..signals import CheckpointRequest, sigterm_as_interrupt
 from .collective import initialize_collectively, rank_file
 from .ema import EMA
-from .progress import Progress
 from .run_dir import MetricsLog, SilentLog, lock_run, mark_no_checkpoint, new_run_dir, read_metrics, write_env
 from .schedule import build_scheduler
 
@@ -223,20 +223,24 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None, start_over: b
     device = init_distributed(info, device, force=cfg.engine != "single")
     lock = {}  # rank 0's hold on the run folder, until its final test is written
     try:
-        result = _train_ranks(cfg, progress, resume, start_over, info, ds_config, device, data, dropped, request, lock)
-        barrier()
+        try:
+            result = _train_ranks(
+                cfg, progress, resume, start_over, info, ds_config, device, data, dropped, request, lock
+            )
+            barrier()
+        finally:
+            leave_distributed()
+        if info.rank != 0:
+            return None
+        try:  # one process: the test evaluation and figures of the best checkpoint
+            return finish(*result)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {result[0]}`"
+            ) from None
     finally:
-        leave_distributed()
-    if info.rank != 0:
-        return None
-    try:  # one process: the test evaluation and figures of the best checkpoint
-        return finish(*result)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {result[0]}`"
-        ) from None
-    finally:
-        lock.clear()
+        for handle in lock.values():  # the run folder's lock, released
+            handle.close()
 
 
 @dataclass
@@ -271,7 +275,7 @@ def _train_ranks(
 ):
     tr = _start(cfg, resume, start_over, info, ds_config, device, data, dropped, lock)
     t, state = cfg.train, tr.state
-    bar = Progress(state.step + 1, t.steps, f"train {cfg.model.name}", progress and tr.main, t.progress_every)
+    bar = Progress(t.steps, f"train {cfg.model.name}", "step", state.step, progress and tr.main, t.progress_every)
     if state.stopped_early and not (t.patience and state.step - state.best_step >= t.patience):
         state.stopped_early = False  # resumed with a larger (or no) patience: training goes on
     last = state.step if state.stopped_early else t.steps
@@ -291,7 +295,7 @@ def _train_ranks(
                 _checkpoint(tr, best=False)
             if any_rank(request.pending()):  # every rank stops at the same step boundary
                 _stop_for_requeue(tr)
-            bar.step(step)
+            bar.update()
             if state.stopped_early:
                 break
         _check_finished(tr)
