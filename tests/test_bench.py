@@ -8,9 +8,10 @@ import torch
 from aef_hpc.bench import data
 
 
-def test_bench_data_writes_csv(tmp_path, float32_default):
+def test_bench_data_writes_csv(tmp_path, float32_default, capsys):
     out = tmp_path / "data.csv"
     data.run(str(out), images=96, batch_size=8, workers=(0,), train_steps=1)
+    assert "bench data case 8/8 " in capsys.readouterr().err.splitlines()[-1]  # progress (at least its last line)
     rows = list(csv.DictReader(open(out)))
     loaders = {(r["shape"], r["loader"]) for r in rows}
     for shape in ("1x28x28", "3x64x64"):
@@ -18,7 +19,7 @@ def test_bench_data_writes_csv(tmp_path, float32_default):
     assert all(float(r["images_per_s"]) > 0 and r["torch"] and r["date"] for r in rows)
 
 
-def test_bench_kernels_cpu_smoke(tmp_path, float32_default):
+def test_bench_kernels_cpu_smoke(tmp_path, float32_default, capsys):
     """The kernel benchmark's code path (interpreter timings are meaningless; a GPU gives the real numbers)."""
     from aef_hpc.bench import kernels
 
@@ -35,6 +36,7 @@ def test_bench_kernels_cpu_smoke(tmp_path, float32_default):
         copy_mb=1,
         model=dict(batch=2, latent=4, warmup=0, repeats=1, image=(3, 8, 8)),
     )
+    assert "bench kernels case 5/5 " in capsys.readouterr().err
     rows = list(csv.DictReader(open(out)))
     assert {(r["op"], r["case"]) for r in rows} == {
         ("affine_coupling", "full"),
@@ -88,12 +90,13 @@ def test_traffic_table_of_the_decoder_loss_is_near_its_minimum():
     assert markdown(rows).count("\n") == len(rows) + 1
 
 
-def test_bench_scale_counts_what_each_rank_holds(tmp_path):
+def test_bench_scale_counts_what_each_rank_holds(tmp_path, capsys):
     """The scale benchmark itself (2 ranks, ZeRO-3 and DDP, one timed step): ZeRO-3 halves the parameters and
     gradients, every count meets the ZeRO paper's (plus DeepSpeed's float32 master partition)."""
     from aef_hpc.bench import scale
 
     rows = scale.run(tmp_path / "scale.csv", engines=("ddp", "zero3"), ranks=(2,), warmup=1, repeats=1)
+    assert "bench scale case 2/2 " in capsys.readouterr().err
     assert not [r["error"] for r in rows if r["error"]]
     by = {(r["engine"], r["rank"]): r for r in rows}
     for rank in (0, 1):
@@ -107,12 +110,13 @@ def test_bench_scale_counts_what_each_rank_holds(tmp_path):
     assert (tmp_path / "scale.csv").read_text().startswith("engine,world,rank,")
 
 
-def test_bench_eval_runs_on_ranks_and_its_memory_is_flat_in_k(tmp_path):
+def test_bench_eval_runs_on_ranks_and_its_memory_is_flat_in_k(tmp_path, capsys):
     """The evaluation benchmark itself, tiny: 1 and 2 ranks, and the peak memory of K=32 vs K=512 at chunk 32
     (asserted loosely: importance sampling K times the batch at once would take hundreds of MB more)."""
     from aef_hpc.bench import eval as eval_bench
 
     rows = eval_bench.run(tmp_path / "eval.csv", images=64, num_samples=8, ks=(32, 512), models=("aef-linear",))
+    assert "bench eval case 4/4 " in capsys.readouterr().err
     assert not [r["error"] for r in rows if r["error"]]
     rates = [r["images_per_s"] for r in rows if r["kind"] == "throughput"]
     assert len(rates) == 2 and all(rate > 0 for rate in rates)

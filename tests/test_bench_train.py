@@ -5,13 +5,14 @@ import csv
 from aef_hpc.bench import train
 
 
-def test_bench_train_writes_csv(tmp_path, float32_default):
+def test_bench_train_writes_csv(tmp_path, float32_default, capsys):
     out = tmp_path / "train.csv"
     rows = train.run(
         str(out), cases=("small",), models=("aef-linear", "vae"), modes=("eager",), warmup=1, repeats=2, batch=8
     )
     written = list(csv.DictReader(open(out)))
     assert len(rows) == len(written) == 2
+    assert "bench train case 2/2 " in capsys.readouterr().err
     columns = {
         "model", "arch", "shape", "batch", "mode", "ms_per_step", "steps_per_s", "images_per_s", "compile_s",
         "compiled_part", "peak_rss_mb", "peak_cuda_mb", "step_vs_vae", "error", "date", "device", "torch", "git_sha",

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import ShardSource, dequantize, load_digits_images, write_shards
 from ..errors import DataError
 from ..models import build_model
+from ..progress import Progress
 from .report import write_csv
 
 SHAPES = {"1x28x28": (1, 28, 28), "3x64x64": (3, 64, 64)}
@@ -94,7 +95,8 @@ def run(
     if images < 3 * batch_size:
         raise DataError(f"--images {images} is fewer than 3 batches of {batch_size}: a rate needs a few batches")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    bar = Progress(len(SHAPES) * (3 * len(workers) + 1), "bench data", "case")
+    with tempfile.TemporaryDirectory() as tmp, bar:
         tmp = Path(tmp)
         for name, shape in SHAPES.items():
             array = bench_images(shape, images)
@@ -122,9 +124,12 @@ def run(
                     source = ShardSource(str(tmp / f"{name}-{encoding}"), num_workers=w, shuffle_buffer=1000)
                     rate, first = _rate(source.train_epoch(0, batch_size), lambda b: len(b.images))
                     rows.append(_row(name, f"webdataset-{encoding}", w, rate, first))
+                    bar.update()
                 loader = DataLoader(PngFolder(files), batch_size=batch_size, shuffle=True, num_workers=w)
                 rows.append(_row(name, "png-files", w, *_rate(loader, len)))
+                bar.update()
             rate = train_step_rate(shape, min(batch_size, 64), train_steps)
             rows.append(_row(name, f"train-step-aef-linear-{MODELS[name]['architecture']}", 0, rate, 0.0))
+            bar.update()
     write_csv(rows, out)
     return rows

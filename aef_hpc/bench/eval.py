@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..progress import Progress
 from .report import write_csv
 
 MODELS = ("aef-center", "aef-linear", "vae")
@@ -105,6 +106,7 @@ def _result(command: list[str]) -> dict:
 def run(out: str | Path, images: int = 512, num_samples: int = 128, ks=KS, models=MODELS, ranks=RANKS) -> list[dict]:
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     rows = []
+    bar = Progress(len(models) * len(ranks) + len(ks), "bench eval", "case")
     for name in models:
         k = 1 if name == "aef-center" else num_samples
         single = None
@@ -119,6 +121,7 @@ def run(out: str | Path, images: int = 512, num_samples: int = 128, ks=KS, model
                 "images_per_s": round(rate, 1) if rate else "", "vs_one_rank": round(rate / single, 2)
                 if rate and single else "", "peak_mb": "", "error": got["error"],
             })  # fmt: skip
+            bar.update()
     for k in ks:
         got = _result([sys.executable, "-m", "aef_hpc.bench.eval", "memory", str(k)])
         rows.append({
@@ -126,6 +129,8 @@ def run(out: str | Path, images: int = 512, num_samples: int = 128, ks=KS, model
             "images": 32, "images_per_s": "", "vs_one_rank": "", "peak_mb": round(got["peak_mb"], 1)
             if "peak_mb" in got else "", "error": got["error"],
         })  # fmt: skip
+        bar.update()
+    bar.close()
     write_csv(rows, out)
     return rows
 

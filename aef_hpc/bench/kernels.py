@@ -17,6 +17,7 @@ import torch
 from aef_hpc.errors import ConfigError
 from aef_hpc.kernels.fused.tuning import tuned_configs
 
+from ..progress import Progress
 from .kernel_cases import CASES, MODES, PROVIDERS, Runner, make_inputs, minimum_bytes, provider_fn
 from .kernel_step import step_rows
 from .plots import bar_chart
@@ -113,9 +114,11 @@ def run_ops(
     """The rows of every case × size × provider × mode (without the speed-ups)."""
     copy_bw = copy_bandwidth_gbps(device, copy_mb, warmup, repeats)
     rows = []
-    for case in CASES:
-        for size, n in sizes.items():
-            rows += _case_rows(case, size, n, batch, providers, modes, dtype, device, copy_bw, warmup, repeats)
+    with Progress(len(CASES) * len(sizes), "bench kernels", "case") as bar:
+        for case in CASES:
+            for size, n in sizes.items():
+                rows += _case_rows(case, size, n, batch, providers, modes, dtype, device, copy_bw, warmup, repeats)
+                bar.update()
     return rows
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..progress import Progress
 from .report import write_csv
 
 ENGINES = ("ddp", "zero0", "zero1", "zero2", "zero3")
@@ -150,6 +151,7 @@ def run(out: str | Path, engines=ENGINES, ranks=RANKS, warmup: int = 2, repeats:
     warmup = max(1, warmup)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     rows = []
+    bar = Progress(len(ranks) * len(engines), "bench scale", "case")
     for n in ranks:
         for engine in engines:
             command = [torchrun, "--standalone", "--nproc-per-node", str(n), "-m", "aef_hpc.bench.scale",
@@ -161,6 +163,7 @@ def run(out: str | Path, engines=ENGINES, ranks=RANKS, warmup: int = 2, repeats:
             if proc.returncode or not lines:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 rows.append({"engine": engine, "world": n, "rank": "", "error": tail[:300]})
+                bar.update()
                 continue
             result = json.loads(lines[0][len(_RESULT) :])
             expected = _expected(engine, result["numel"], n)
@@ -170,6 +173,8 @@ def run(out: str | Path, engines=ENGINES, ranks=RANKS, warmup: int = 2, repeats:
                     **{k: round(v, 2) for k, v in held.items()}, **{k: round(v, 2) for k, v in expected.items()},
                     "step_ms": round(result["step_ms"], 1), "error": "",
                 })  # fmt: skip
+            bar.update()
+    bar.close()
     keys = list(next(r for r in rows if not r["error"]).keys()) if any(not r["error"] for r in rows) else ["error"]
     write_csv([{k: r.get(k, "") for k in keys} for r in rows], out)
     return rows

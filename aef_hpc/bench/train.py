@@ -42,6 +42,7 @@ from torch import nn
 
 from ..data import dequantize
 from ..models import build_model
+from ..progress import Progress
 from .report import write_csv
 from .timing import sync
 
@@ -335,6 +336,7 @@ def run(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     rows = []
+    bar = Progress(len(cases) * len(modes) * len(models), "bench train", "case")
     for case in cases:
         size = batch or CASES[case]["batch"]
         for mode in modes:
@@ -346,6 +348,8 @@ def run(
                     row = _measure_in_subprocess(name, case, mode, size, warmup, repeats, device, compiled_part)
                 row["load_1min"] = load
                 rows.append(row)
+                bar.update()
+    bar.close()
     _derive(rows)
     write_csv(rows, out)
     return rows
