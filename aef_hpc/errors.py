@@ -4,7 +4,16 @@ The CLI catches `AEFError`, prints its one-line message (what is wrong and how t
 non-zero; anything else is a bug and keeps its traceback.
 """
 
-__all__ = ["AEFWarning", "AEFError", "ConfigError", "DataError", "ModelError", "CheckpointError", "DistributedError"]
+__all__ = [
+    "AEFWarning",
+    "AEFError",
+    "Interrupted",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "CheckpointError",
+    "DistributedError",
+]
 
 
 class AEFError(Exception):
@@ -29,6 +38,12 @@ class CheckpointError(AEFError):
 
 class DistributedError(AEFError):
     """Process discovery or collective communication failed."""
+
+
+class Interrupted(AEFError):
+    """Ctrl-C or SIGTERM: the work stopped; the message says what was kept and how to go on."""
+
+    exit_code = 130
 
 
 class AEFWarning(UserWarning):

@@ -141,7 +141,9 @@ def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, floa
 def test_two_rank_zero3_resumes_on_two_and_exports_to_one(tmp_path, float32_default):
     # log every 3 steps: the checkpoint at step 10 falls inside a logged mean, which must come out the same
     args = [*COMMON, *ENGINES["zero3"], "train.batch_size=16", "train.log_every=3", f"run.out_dir={tmp_path}"]
-    launch(["bash", "launchers/local.sh", *args, "run.name=whole"], NPROC="2")
+    shown = launch(["bash", "launchers/local.sh", *args, "run.name=whole"], NPROC="2")
+    assert shown.stdout.startswith("test NLL:"), "stdout holds the results only"
+    assert not [line for line in shown.stderr.splitlines() if "Warning" in line or "WARNING" in line], shown.stderr
     launch(["bash", "launchers/local.sh", *args, "run.name=r", "train.steps=10"], NPROC="2")
     launch(["bash", "launchers/local.sh", "--resume", str(tmp_path / "r"), "train.steps=20", "--no-progress"],
            NPROC="2")  # fmt: skip
@@ -161,7 +163,7 @@ def test_two_rank_zero3_resumes_on_two_and_exports_to_one(tmp_path, float32_defa
     launch([aef_hpc_exe(), "eval", str(exported), "train.device=cpu", "eval.limit=null"])
     launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aef_hpc.cli", "eval",
             str(tmp_path / "r"), "train.device=cpu", "eval.limit=null"])  # fmt: skip
-    records = [next(p.glob("*-test/records.csv")) for p in (tmp_path / "r" / "eval", exported.parent / "eval")]
+    records = [next(p.glob("*-test-all/records.csv")) for p in (tmp_path / "r" / "eval", exported.parent / "eval")]
     zero3, single = ({r["key"]: float(r["nll_nats"]) for r in csv.DictReader(open(f, newline=""))} for f in records)
     assert set(zero3) == set(single) and max(abs(zero3[k] - single[k]) / abs(single[k]) for k in single) < 1e-5
     # and the validation NLL computed through the ZeRO-3 engine on 2 ranks == the exported model's

@@ -126,3 +126,22 @@ def test_an_evaluation_killed_on_one_rank_resumes_from_its_finished_shards(train
     mean = sum(resumed.values()) / len(resumed)
     assert mean == pytest.approx(summary_one["nll_nats"], rel=1e-6), "the uninterrupted summary"
     assert not (folder / "shards").exists(), "merged: the per-shard records are gone"
+
+
+def test_ctrl_c_in_an_evaluation_says_what_is_kept_and_the_same_command_goes_on(trained):
+    _evaluate(trained, 1)
+    folder = next((trained / "eval").glob("*-test"))
+    command = [aef_hpc_exe(), "eval", str(trained), *EVAL, "eval.batch_size=4"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while not list((folder / "shards").glob("*.csv")) and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].strip().splitlines()
+    finished = len(list((folder / "shards").glob("*.csv")))
+    assert proc.returncode == 130 and 0 < finished < 6, err
+    assert err[-1] == (
+        f"aef-hpc: error: interrupted: the records of the {finished} shard(s) finished are kept in "
+        f"{folder / 'shards'}; the same `aef-hpc eval` again evaluates only the others"
+    )
+    assert _evaluate(trained, 1)[1]["shards_reused"] == finished

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import aef_hpc_exe
@@ -340,3 +341,24 @@ def test_evaluation_in_a_log_file_shows_progress_lines(tmp_path, runs):
     lines = [line for line in done.stderr.splitlines() if line.startswith("eval test image")]
     assert [line.split()[3] for line in lines] == ["100/359", "200/359", "300/359", "359/359"], done.stderr
     assert "images/s eta 0:00:00" in lines[-1] and "\r" not in done.stderr
+
+
+def test_figures_say_what_they_show(tmp_path):
+    """Row labels on the reconstruction strip, classes in colour with a legend on the latent scatter."""
+    from PIL import Image
+
+    from aef_hpc.evaluate.grids import save_grid
+    from aef_hpc.evaluate.plots import latent_scatter
+
+    rows = [torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)]
+    plain = Image.open(save_grid(rows, tmp_path / "plain.png"))
+    named = Image.open(save_grid(rows, tmp_path / "named.png", labels=["original", "reconstruction"]))
+    margin = named.width - plain.width
+    assert margin > 50 and named.height == plain.height
+    assert np.asarray(named.crop((0, 0, margin, named.height))).min() < 128, "text in the margin"
+    z, labels = torch.randn(300, 2), torch.arange(300) % 10
+    one = Image.open(latent_scatter(z, tmp_path / "one.png")).convert("RGB")
+    classes = Image.open(latent_scatter(z, tmp_path / "classes.png", labels)).convert("RGB")
+    pixels = np.asarray(classes).reshape(-1, 3).astype(int)
+    coloured = pixels[pixels.max(1) - pixels.min(1) > 60] // 32
+    assert classes.width > one.width and len({tuple(p) for p in coloured}) >= 8

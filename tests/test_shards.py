@@ -15,8 +15,9 @@ from PIL import Image
 from shard_helpers import digits_shards, read_members, write_tar
 
 from aef_hpc.cli import main
-from aef_hpc.data import ShardSource, load_digits_images, load_embedded, write_shards
+from aef_hpc.data import ShardSource, TensorSource, load_digits_images, load_embedded, write_shards
 from aef_hpc.data.codec import encode_image
+from aef_hpc.data.digits import split as split_digits
 from aef_hpc.errors import DataError
 
 
@@ -605,3 +606,25 @@ def test_a_folder_mixing_grayscale_and_colour_is_one_line(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "class0" / "colour.png")
     with pytest.raises(DataError, match="colour.png has 3 channel.*mixes grayscale and colour"):
         write_shards(str(src), tmp_path / "out", val_fraction=0.25, test_fraction=0.25, progress=False)
+
+
+def test_class_labels_of_test_images_for_the_latent_scatter(tmp_path):
+    """The labels the latent scatter is coloured by: the shards' .cls members and the embedded digits' targets."""
+    digits_shards(tmp_path / "d")
+    _, _, targets = load_digits_images()
+    source = ShardSource(str(tmp_path / "d"))
+    keys, _ = eval_all(source, "test")
+    assert source.labels_of("test", keys[:50]) == [int(targets[int(k)]) for k in keys[:50]]
+    images, levels, _ = load_digits_images()
+    positions = split_digits(images, levels, 0.1, 0.2, 3, torch.arange(len(images)))
+    assert torch.equal(images[positions.labels["test"]], positions.test), "labels follow their images"
+    memory = TensorSource(split_digits(images, levels, 0.1, 0.2, 3, targets))
+    keys = next(memory.eval_batches("test", 500))[0]
+    assert memory.labels_of("test", keys) == targets[positions.labels["test"][: len(keys)]].tolist()
+    flat = tmp_path / "flat"  # one class only: nothing to colour by
+    flat.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((4, 4), i, np.uint8)).save(flat / f"{i}.png")
+    write_shards(str(flat), tmp_path / "f", val_fraction=0.2, test_fraction=0.3, progress=False)
+    keys, _ = eval_all(ShardSource(str(tmp_path / "f")), "test")
+    assert ShardSource(str(tmp_path / "f")).labels_of("test", keys) is None

@@ -51,6 +51,12 @@ class TensorSource:
         for chunk in mine.split(batch_size)[start:]:
             yield Batch(self.splits.train[chunk], chunk)
 
+    def labels_of(self, split: str, keys: list[str]) -> list[int] | None:
+        """The class labels of the images ``keys`` (``"<split>-<position>"``); ``None`` without labels."""
+        if self.splits.labels is None:
+            return None
+        return [int(self.splits.labels[split][int(key.rsplit("-", 1)[1])]) for key in keys]
+
     def shard_counts(self, split: str) -> dict[str, int]:
         """Pseudo-shards of ``SHARD`` images (``<split>-NNNN``), the unit of evaluation records."""
         n = self.count(split)

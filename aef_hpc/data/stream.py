@@ -14,6 +14,7 @@ a fixed order, so every sample is read exactly once; the per-shard counts (summe
 manifest's, and any decoding problem is an error naming the shard and key.
 """
 
+import contextlib
 import hashlib
 import itertools
 import random
@@ -328,6 +329,22 @@ class ShardSource:
         self.manifest, self.url_of = locate_shards(str(location), manifest)
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
         self.on_bad_shard = on_bad_shard
+
+    def labels_of(self, split: str, keys: list[str]) -> list[int] | None:
+        """The class labels (``.cls`` members) of the images ``keys`` of ``split``, read from its shards; ``None``
+        when the shards carry none or carry one class only (``aef-hpc shards`` of a flat folder: all 0)."""
+        wanted, found = set(keys), {}
+        for shard in self.manifest.shards(split):
+            with contextlib.closing(gopen(self.url_of[shard.name])) as stream:
+                for name, data in tar_members(stream, shard.name, lambda n: n.endswith(".cls")):
+                    key = base_plus_ext(name)[0]
+                    if key in wanted and data.strip().lstrip(b"-").isdigit():
+                        found[key] = int(data)
+            if len(found) == len(wanted):
+                break
+        if len(found) < len(wanted) or len(set(found.values())) < 2:
+            return None
+        return [found[key] for key in keys]
 
     def verify(self) -> int:
         """Check every local shard's existence, size and sha256 against the manifest before any training: a bad

@@ -13,8 +13,10 @@ import contextlib
 import difflib
 import importlib
 import io
+import logging
 import math
 import pickle
+import sys
 import warnings
 from pathlib import Path
 
@@ -53,6 +55,32 @@ PRESET_KEYS = (
     "aio",
 )
 TAG = "zero"
+#: DeepSpeed's log lines that are known and harmless here (the CPU is the accelerator on purpose)
+QUIET_LOGS = ("Setting accelerator to CPU",)
+
+# known and harmless, filtered once at start-up (a filter set at every step would reset Python's once-per-place
+# warning registry and print every other warning again at each step): DeepSpeed calls torch's renamed
+# collectives, and a skipped ZeRO-0 step steps the schedule without its optimizer on purpose
+for _message, _kind in (
+    (
+        r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor|_all_gather_base)` is deprecated",
+        FutureWarning,
+    ),
+    (r"Seems like `optimizer\.step\(\)` has been overridden", UserWarning),
+):
+    warnings.filterwarnings("ignore", _message, _kind)
+
+
+def _deepspeed():
+    """``import deepspeed``, its log on stderr (stdout holds results only) without the known harmless lines. Every
+    use of DeepSpeed in aef_hpc imports it through here first."""
+    if "deepspeed" not in sys.modules:
+        logging.getLogger("DeepSpeed").addFilter(lambda record: not record.getMessage().startswith(QUIET_LOGS))
+        with contextlib.redirect_stdout(sys.stderr):  # its log handler keeps the stream it finds at import
+            import deepspeed  # noqa: F401
+    return sys.modules["deepspeed"]
+
+
 """the DeepSpeed tag inside a checkpoint folder: ``step-N/zero/``"""
 
 
@@ -65,6 +93,7 @@ def _preset_path(name: str) -> Path:
 
 def _zero_keys() -> set[str]:
     """Every key DeepSpeed's ZeRO section reads (its field names and their aliases)."""
+    _deepspeed()
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     fields = DeepSpeedZeroConfig.model_fields
@@ -171,6 +200,7 @@ def _refused(folder: Path, exc: BaseException) -> CheckpointError:
 
 def _skip_shm_build() -> None:
     """gloo does the collectives: DeepSpeed's CPU shared-memory op (minutes of g++ at first use) is not built."""
+    _deepspeed()
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
@@ -179,10 +209,8 @@ def model_scope(ds_config: dict | None):
     created), else nothing."""
     if ds_config is None or ds_config["zero_optimization"].get("stage", 0) != 3:
         return contextlib.nullcontext()
-    import deepspeed
-
     _skip_shm_build()
-    return deepspeed.zero.Init(config_dict_or_path=ds_config)
+    return _deepspeed().zero.Init(config_dict_or_path=ds_config)
 
 
 def gathered(module: torch.nn.Module, modifier: bool = False):
@@ -191,9 +219,7 @@ def gathered(module: torch.nn.Module, modifier: bool = False):
     params = [p for p in module.parameters() if hasattr(p, "ds_id")]
     if not params:
         return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modifier else None)
+    return _deepspeed().zero.GatheredParameters(params, modifier_rank=0 if modifier else None)
 
 
 class DeepSpeedEngine:
@@ -210,10 +236,8 @@ class DeepSpeedEngine:
     name = "deepspeed"
 
     def __init__(self, model: torch.nn.Module, ds_config: dict, scheduler_factory, skip_threshold=None):
-        import deepspeed
-
         _skip_shm_build()
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        self.engine, self.optimizer, _, self.scheduler = _deepspeed().initialize(
             model=model, model_parameters=list(model.parameters()), config=ds_config, lr_scheduler=scheduler_factory
         )
         self.accumulate = ds_config["gradient_accumulation_steps"]
@@ -250,10 +274,7 @@ class DeepSpeedEngine:
             own = vars(inner).get("step")  # the LR scheduler's wrapper, an instance attribute: put back as it was
             inner.step = lambda *args, **kwargs: None
             try:
-                with warnings.catch_warnings():  # the schedule steps without its optimizer: that is the point
-                    for message in (r"Seems like `optimizer.step\(\)` has been", r"Detected call of `lr_sch"):
-                        warnings.filterwarnings("ignore", message, UserWarning)
-                    yield
+                yield  # the schedule steps without its optimizer: that is the point (its warnings: filtered above)
             finally:
                 if own is None:
                     del inner.step
@@ -318,6 +339,7 @@ class DeepSpeedEngine:
 def consolidated_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The whole float32 weights of a DeepSpeed checkpoint folder (any stage, any number of ranks), in one
     process: ZeRO 1-3 through DeepSpeed's zero_to_fp32 API, stage 0 from its model states file."""
+    _deepspeed()
     from deepspeed.utils import zero_to_fp32
 
     ds_dir = Path(folder) / TAG

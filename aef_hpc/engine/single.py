@@ -19,6 +19,11 @@ from .checkpoint import load_file
 
 ENGINE_FILES = ("model.pt", "optimizer.pt")
 
+# the schedule follows the step count, taken or skipped: torch's warning about a schedule stepped without its
+# optimizer is known and harmless, filtered once here (a filter set at every step would reset Python's
+# once-per-place warning registry and print every other warning again at each step)
+warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
+
 
 @dataclass
 class StepResult:
@@ -87,9 +92,7 @@ class SingleEngine:
         stepped = bool(self._agree(ok))  # the one host synchronisation of a step
         if stepped:
             self.optimizer.step()
-        with warnings.catch_warnings():  # the schedule follows the step count, taken or skipped
-            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
-            self.scheduler.step()
+        self.scheduler.step()  # it follows the step count, taken or skipped (torch's warning: filtered above)
         self.optimizer.zero_grad(set_to_none=True)
         loss, self._loss_sum = self._loss_sum / self.accumulate, None
         return StepResult(stepped, loss, norm.detach(), lr)

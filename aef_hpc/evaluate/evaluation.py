@@ -14,6 +14,7 @@ The training run's final test is this same function on its best checkpoint, so `
 it exactly.
 """
 
+import contextlib
 import csv
 import io
 import itertools
@@ -28,7 +29,7 @@ import torch
 
 from ..data import dequantize
 from ..engine.checkpoint import write_atomic
-from ..errors import AEFWarning, ConfigError, DataError
+from ..errors import AEFWarning, ConfigError, DataError, Interrupted
 from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from ..process_group import on_every_rank, on_rank0, world_info
@@ -205,6 +206,19 @@ def _evaluate_shards(model, data, e, levels: int, out: Path, counts: dict[str, i
         raise DataError(f"{e.split} shard {shard}: delivered {len(rows)} of its {counts[shard]} samples")
 
 
+@contextlib.contextmanager
+def _said_on_interrupt(out: Path):
+    """Ctrl-C or SIGTERM while shards are evaluated: what is kept, and that the same command goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = len(list((out / RECORDS).glob("*.csv")))
+        raise Interrupted(
+            f"interrupted: the records of the {kept} shard(s) finished are kept in {out / RECORDS}; the same "
+            "`aef-hpc eval` again evaluates only the others"
+        ) from None
+
+
 def _merge(out: Path, counts: dict[str, int], split: str) -> tuple[PerImage, list[str]]:
     """Rank 0: every shard's records, each manifest shard complete and every key exactly once."""
     keys, nll, ess, shard_of = [], [], [], []
@@ -261,7 +275,7 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
         counts = data.shard_counts(e.split)
         done = on_rank0(lambda: _finished_shards(out, counts, settings))
         left = sum(n for name, n in counts.items() if name not in done)
-        with watch(-(-left // world)) as bar:  # rank 0's share, about
+        with watch(-(-left // world)) as bar, _said_on_interrupt(out):  # rank 0's share, about
             on_every_rank(  # a rank that fails (a corrupt shard) stops every rank; nothing is merged
                 lambda: _evaluate_shards(model, data, e, data.levels, out, counts, done, device, bar),
                 f"evaluating the {e.split} split",

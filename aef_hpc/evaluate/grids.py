@@ -5,11 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
-def save_grid(rows: list[torch.Tensor], path: str | Path, scale: int = 4, pad: int = 1) -> Path:
-    """Write each ``[N, C, H, W]`` tensor of ``rows`` as one row of tiles, clamped to [0, 1], upscaled ``scale``×.
+def save_grid(
+    rows: list[torch.Tensor], path: str | Path, scale: int = 4, pad: int = 1, labels: list[str] | None = None
+) -> Path:
+    """Write each ``[N, C, H, W]`` tensor of ``rows`` as one row of tiles, clamped to [0, 1], upscaled ``scale``×;
+    ``labels`` name the rows (written to their left, e.g. "original" / "reconstruction").
 
     The file is written under a temporary name and renamed, so a partial PNG never appears.
     """
@@ -24,9 +27,22 @@ def save_grid(rows: list[torch.Tensor], path: str | Path, scale: int = 4, pad: i
     pixels = (canvas * 255).round().astype(np.uint8)
     image = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    if labels:
+        image = _labelled(image, labels, (h + pad) * scale, pad * scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def _labelled(image: Image.Image, labels: list[str], row_height: int, top: int) -> Image.Image:
+    """``image`` with a white margin on its left holding one label per row, centred on the row."""
+    margin = 7 * max(len(label) for label in labels) + 12
+    out = Image.new(image.mode, (image.width + margin, image.height), "white")
+    out.paste(image, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    for i, label in enumerate(labels):
+        draw.text((6, top + i * row_height + row_height // 2 - 6), label, fill="black")
+    return out

@@ -48,11 +48,18 @@ def training_curves(rows: list[dict], objective: str, num_dims: int, levels: int
 
 
 def latent_scatter(latents: torch.Tensor, path: Path, labels: torch.Tensor | None = None) -> Path:
-    """Test encodings of a 2-D latent space, axes ±3.5 as in the paper."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    """Test encodings of a 2-D latent space, axes ±3.5 as in the paper; coloured by class (with a legend) when
+    ``labels`` are given."""
+    fig, ax = plt.subplots(figsize=(5.8 if labels is not None else 5, 5))
     z = latents.detach().float().cpu()
-    colours = {} if labels is None else {"c": labels, "cmap": "tab10"}
-    ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.7, **colours)
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.7)
+    else:
+        colours = plt.get_cmap("tab10" if int(labels.max()) < 10 else "tab20")
+        for i, cls in enumerate(sorted(set(labels.tolist()))):
+            chosen = labels == cls
+            ax.scatter(z[chosen, 0], z[chosen, 1], s=4, alpha=0.7, color=colours(i % colours.N), label=str(cls))
+        ax.legend(title="class", markerscale=3, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), xlabel="z1", ylabel="z2", title="test encodings")
     return _save(fig, path)
 

@@ -36,15 +36,17 @@ def write_samples(
     originals = dequantize(
         first_images(data.eval_batches("test", e.batch_size), 16), data.levels, torch.Generator().manual_seed(seed)
     ).to(device)
-    written.append(
-        save_grid([originals, model.decode(model.encode(originals))], out / f"reconstructions-{tag}-seed{seed}.png")
-    )
+    pairs = [originals, model.decode(model.encode(originals))]
+    path = out / f"reconstructions-{tag}-seed{seed}.png"
+    written.append(save_grid(pairs, path, labels=["original", "reconstruction"]))
     if model.latent_dim == 2:
         gen = torch.Generator().manual_seed(seed)
-        codes = [
-            model.encode(dequantize(images, data.levels, gen).to(device))
-            for _, images in limited(data.eval_batches("test", e.batch_size), 4096)
-        ]
-        written.append(latent_scatter(torch.cat(codes), out / f"latent-scatter-{tag}-seed{seed}.png"))
+        keys, codes = [], []
+        for batch_keys, images in limited(data.eval_batches("test", e.batch_size), 4096):
+            keys += batch_keys
+            codes.append(model.encode(dequantize(images, data.levels, gen).to(device)))
+        labels = data.labels_of("test", keys)  # None: no classes to colour by
+        path = out / f"latent-scatter-{tag}-seed{seed}.png"
+        written.append(latent_scatter(torch.cat(codes), path, None if labels is None else torch.tensor(labels)))
         written.append(latent_grid(model, out / f"latent-grid-{tag}.png"))
     return written

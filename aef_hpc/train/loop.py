@@ -25,7 +25,7 @@ from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkp
 from ..engine.checkpoint import load_file, point_best, recover, step_name, write_atomic
 from ..engine.ddp import DDPEngine
 from ..engine.deepspeed import DeepSpeedEngine, deepspeed_config, model_scope
-from ..errors import AEFError, CheckpointError, ConfigError, DataError
+from ..errors import AEFError, CheckpointError, ConfigError, DataError, Interrupted
 from ..evaluate import (
     check_fid_weights,
     check_same_data,
@@ -61,12 +61,6 @@ from .schedule import build_scheduler
 
 class TrainingDiverged(AEFError):
     """Too many bad steps in a row, or no finite validation."""
-
-
-class Interrupted(AEFError):
-    """Ctrl-C or SIGTERM: training stopped; the newest checkpoint is whole and ``--resume`` continues from it."""
-
-    exit_code = 130
 
 
 class Preempted(AEFError):
@@ -234,9 +228,10 @@ def _train(cfg: Config, progress: bool, resume: Checkpoint | None, start_over: b
             return None
         try:  # one process: the test evaluation and figures of the best checkpoint
             return finish(*result)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             raise Interrupted(
-                f"interrupted during the final test; training is complete: evaluate with `aef-hpc eval {result[0]}`"
+                f"interrupted during the final test; training is complete: `aef-hpc eval {result[0]}` finishes it "
+                "(the shards it had evaluated are kept)"
             ) from None
     finally:
         for handle in lock.values():  # the run folder's lock, released
