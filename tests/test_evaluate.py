@@ -125,13 +125,16 @@ def test_proposal_std_is_stored_beside_the_checkpoint_and_reused(tmp_path, runs,
     assert summary_of(run)["proposal_std"] == stored["proposal_std"], "the run's own result stays"
 
 
-def test_an_export_carries_the_selected_proposal_std_and_reproduces_the_runs_number(tmp_path, runs, float32_default):
+def test_an_export_carries_the_selected_proposal_std_and_reproduces_the_runs_number(
+    tmp_path, runs, float32_default, capsys
+):
     run = tmp_path / "linear"
     shutil.copytree(runs / "linear", run)
     ours = summary_of(run)
     assert ours["proposal_std_selected"]
     other = 1.0 if ours["proposal_std"] == 0.1 else 0.1  # the config's proposal_std (1.0) must not come back
     assert main(["export", str(run)]) == 0
+    assert " stage 2/2 " in capsys.readouterr().err  # progress (its last line)
     exported = next((run / "export").glob("step-*"))
     assert open_checkpoint(exported).meta["proposal"]["proposal_std"] == ours["proposal_std"]
     modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
@@ -203,6 +206,7 @@ def test_sample_writes_grids_and_latent_plots(tmp_path, runs, capsys, float32_de
     shutil.copytree(runs / "center", run)
     before = {p.name: p.read_bytes() for p in (run / "samples").glob("*.png")}  # written by the training
     assert main(["sample", str(run), "n=9", "temperature=0.85", "deviations=true", "seed=1"]) == 0
+    assert "sample figure 4/4 " in capsys.readouterr().err  # progress (its last line)
     names = {p.name for p in (run / "samples").glob("*.png")}
     best = (run / "checkpoints" / "best").read_text().strip()
     assert {

@@ -62,29 +62,32 @@ def test_a_constant_batch_is_refused_and_changes_nothing():
     assert not any(bool(m.initialized) for m in actnorms(model).values())
 
 
-def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+def test_a_run_that_fails_before_its_first_checkpoint_keeps_its_logs_and_starts_over(tmp_path):
     import subprocess
 
     from helpers import aef_hpc_exe
 
+    run = tmp_path / "runs" / "r"
+    args = [f"run.out_dir={tmp_path}/runs", "run.name=r", "model.architecture=mlp", "train.batch_size=8",
+            "train.steps=4", "train.val_every=2", "eval.grid_samples=4", "--no-progress"]  # fmt: skip
     proc = subprocess.run(
-        [
-            aef_hpc_exe(),
-            "train",
-            f"run.out_dir={tmp_path}/runs",
-            "model.architecture=mlp",
-            "train.batch_size=8",
-            "train.skip_threshold=1e-12",
-            "train.max_skips=2",
-            "--no-progress",
-        ],
+        [aef_hpc_exe(), "train", *args, "train.skip_threshold=1e-12", "train.max_skips=2"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "2 steps in a row were skipped" in lines[0], proc.stderr
-    assert not list((tmp_path / "runs").iterdir()), "no run folder left behind"
+    assert f"`aef-hpc train --resume {run}` starts it over" in lines[0]
+    assert (run / "NO_CHECKPOINT").is_file() and "skipped_step_grad_norm" in (run / "metrics.csv").read_text()
+    proc = subprocess.run(
+        [aef_hpc_exe(), "train", "--resume", str(run), "train.skip_threshold=null", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and (run / "checkpoints" / "step-000004").is_dir(), proc.stderr
+    assert not (run / "NO_CHECKPOINT").exists() and "skipped_step" not in (run / "metrics.csv").read_text()
 
 
 def test_a_failed_initialisation_changes_no_layer():

@@ -14,6 +14,7 @@ from ..engine import open_checkpoint, save_checkpoint
 from ..engine.single import load_model_weights
 from ..models import ExpandedAEF
 from ..models.from_config import model_from_config
+from ..progress import Progress
 from ..writable import check_writable_folder, give_usual_mode
 from .evaluation import proposal_settings, stored_proposal
 from .restore import EXPORT_FILE, checkpoint_config, checkpoint_weights, run_config, weights_digest
@@ -28,7 +29,9 @@ def export(path: str | Path, out: str | Path | None = None) -> Path:
         check_writable_folder(out, "--out")
     checkpoint = open_checkpoint(path)
     cfg = checkpoint_config(checkpoint, (), run_config(path))  # a run folder: the run's config, as its final test
-    state, ema, source = checkpoint_weights(checkpoint, cfg)
+    bar = Progress(2, f"export {checkpoint.path.name}", "stage", every=cfg.train.progress_every)
+    state, ema, source = checkpoint_weights(checkpoint, cfg)  # a ZeRO checkpoint: consolidated (the long part)
+    bar.update()
     model = model_from_config(cfg.model, cfg.model.image_shape)
     load_model_weights(model, source, state)  # a mismatch stops here, before anything is written
     selected = None
@@ -55,4 +58,7 @@ def export(path: str | Path, out: str | Path | None = None) -> Path:
         (folder / "config.yaml").write_text(to_yaml(cfg))
 
     root = Path(out) if out is not None else checkpoint.run_dir / "export"
-    return save_checkpoint(None, checkpoint.step, write, meta, keep_last=2**31, root=root).path
+    written = save_checkpoint(None, checkpoint.step, write, meta, keep_last=2**31, root=root).path
+    bar.update()
+    bar.close()
+    return written

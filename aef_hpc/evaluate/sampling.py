@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..data import dequantize
+from ..progress import Progress
 from .grids import save_grid
 from .likelihood import first_images, limited
 from .plots import latent_grid, latent_scatter
@@ -21,6 +22,12 @@ def write_samples(
 ) -> list[Path]:
     """Samples ``decode(T * N(0, I))`` (``deviations``: plus ``T * N(0, I)`` decoder deviations), reconstructions
     ``decode(encode(x))`` of 16 test images and, when ``latent_dim == 2``, the latent scatter and 20 x 20 grid."""
+    figures = 4 if trained.model.latent_dim == 2 else 2
+    with Progress(figures, "sample", "figure", every=trained.cfg.train.progress_every) as bar:
+        return _write_figures(trained, data, n, temperature, deviations, seed, bar)
+
+
+def _write_figures(trained: Trained, data, n: int, temperature: float, deviations: bool, seed: int, bar) -> list[Path]:
     model, device, e = trained.model, trained.device, trained.cfg.eval
     tag = trained.checkpoint.path.name
     out = trained.checkpoint.run_dir / "samples"
@@ -33,12 +40,14 @@ def write_samples(
             out / f"samples-{tag}-n{n}-T{temperature:g}-seed{seed}{'-deviations' if deviations else ''}.png",
         )
     ]
+    bar.update()
     originals = dequantize(
         first_images(data.eval_batches("test", e.batch_size), 16), data.levels, torch.Generator().manual_seed(seed)
     ).to(device)
     pairs = [originals, model.decode(model.encode(originals))]
     path = out / f"reconstructions-{tag}-seed{seed}.png"
     written.append(save_grid(pairs, path, labels=["original", "reconstruction"]))
+    bar.update()
     if model.latent_dim == 2:
         gen = torch.Generator().manual_seed(seed)
         keys, codes = [], []
@@ -48,5 +57,7 @@ def write_samples(
         labels = data.labels_of("test", keys)  # None: no classes to colour by
         path = out / f"latent-scatter-{tag}-seed{seed}.png"
         written.append(latent_scatter(torch.cat(codes), path, None if labels is None else torch.tensor(labels)))
+        bar.update()
         written.append(latent_grid(model, out / f"latent-grid-{tag}.png"))
+        bar.update()
     return written

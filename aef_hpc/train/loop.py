@@ -486,6 +486,8 @@ def _explain_stop(tr: Training, exc: BaseException, new_run: bool) -> BaseExcept
             return Interrupted(f"interrupted at step {step}, before the first checkpoint: {again}")
         if isinstance(exc, Preempted):
             return Preempted(f"SIGUSR1 at step {step}, before the first checkpoint: {again} (a requeued job does)")
+        if isinstance(exc, AEFError):  # diverged: the same run with other keys (`--resume RUN train.lr=...`)
+            return type(exc)(f"{exc}; {again} (key=value arguments change its config)")
         return None
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted(
