@@ -94,6 +94,14 @@ def test_a_corrupt_test_shard_on_one_rank_stops_every_rank_and_merges_nothing(tr
     assert not [p for p in tagged if (p / "records.csv").exists()], "nothing merged"
 
 
+def _command_line(process: psutil.Process) -> str:
+    """A child's command line, empty for one that already exited (a zombie has none to read)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return ""
+
+
 def test_an_evaluation_killed_on_one_rank_resumes_from_its_finished_shards(trained):
     one, summary_one = _evaluate(trained, 1)
     assert summary_one["shards_reused"] == 0
@@ -104,7 +112,7 @@ def test_an_evaluation_killed_on_one_rank_resumes_from_its_finished_shards(train
     end = time.monotonic() + 120
     while not list((folder / "shards").glob("*.csv")) and time.monotonic() < end and proc.poll() is None:
         time.sleep(0.01)
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "aef_hpc.cli" in " ".join(p.cmdline())]
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "aef_hpc.cli" in _command_line(p)]
     workers[-1].send_signal(signal.SIGKILL)  # one rank dies mid-evaluation; torchrun stops the other
     proc.communicate(timeout=120)
     assert proc.returncode != 0
