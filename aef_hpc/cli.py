@@ -8,6 +8,8 @@ import argparse
 import importlib
 import math
 import os
+import re
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -195,6 +197,62 @@ def _shards(args) -> int:
     return 0
 
 
+def _split_configs(items: list[str]) -> tuple[list[str], list[str]]:
+    """Positional items of ``sweep``: ``key=value`` overrides (a dotted key before ``=``), else config files."""
+    overrides = [i for i in items if re.match(r"^[A-Za-z_][\w.]*=", i) and not Path(i).is_file()]
+    return [i for i in items if i not in overrides], overrides
+
+
+def _sweep(args) -> int:
+    from .study import sweep
+    from .writable import check_writable_folder
+
+    configs, overrides = _split_configs(args.overrides)
+    if not configs:
+        raise ConfigError("sweep: give at least one config file (e.g. configs/paper/mnist-vae-d2.yaml)")
+    sweep.check_parallel(args.parallel, args.nproc)
+    sbatch_args = shlex.split(args.sbatch_args or "")
+    runs = sweep.plan(configs, sweep.parse_seeds(args.seeds), overrides, args.out)
+    out = Path(args.out).resolve()
+    print(sweep.describe(runs, overrides))
+    if args.executor == "slurm" and sweep.to_run(runs):
+        print("sbatch: " + shlex.join(sweep.sbatch_command(runs, out, sbatch_args)))
+    if args.dry_run:
+        return 0
+    if not sweep.to_run(runs):
+        print(f"nothing to run: {sweep.summary_line(runs, [])}")
+        return 0
+    check_writable_folder(out, "--out")
+    if args.executor == "slurm":
+        tasks = len(sweep.to_run(runs))
+        job = sweep.submit_array(runs, overrides, out, sbatch_args)
+        print(f"submitted job array {job} ({tasks} tasks); logs: {out / 'logs'}/slurm-{job}_<index>.out")
+        print(f"the same command again skips finished and queued runs; then: aef-hpc compare {out}")
+        return 0
+    failed = sweep.run_local(runs, overrides, args.parallel, args.nproc)
+    print(f"sweep {out}: {sweep.summary_line(runs, failed)}; compare them: aef-hpc compare {out}")
+    return 1 if failed else 0
+
+
+def _compare(args) -> int:
+    from .study import compare
+    from .writable import check_writable_file
+
+    if args.out:
+        check_writable_file(args.out, "--out")
+    runs = [compare.load(path, args.split) for path in compare.expand(args.runs)]
+    baseline = compare.pick_baseline(runs, args.baseline)
+    rows = compare.compare(runs, baseline)
+    print(compare.table(rows, baseline))
+    if args.out:
+        from .study.figure import compare_figure
+
+        out = Path(args.out)
+        compare.write_csv(rows, baseline.name, out)
+        print(f"wrote {out} and {compare_figure(rows, out.with_suffix('.png'), args.split)}")
+    return 0
+
+
 def _bench(args) -> int:
     from .writable import check_writable_file
 
@@ -332,6 +390,44 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     shards.add_argument("--no-progress", action="store_true", help="no progress bar")
     shards.set_defaults(func=_shards, overrides=None)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train every config with every seed: one after another here, or as one SLURM job array",
+        description="One run per (config, seed), named <config-stem>-s<seed> under --out. Running the same "
+        "command again skips finished runs (and runs being trained or queued) and resumes interrupted ones; a run "
+        "folder trained with other settings than the sweep's now is refused. Local output: OUT/logs/<run>.log.",
+    )
+    sweep.add_argument(
+        "overrides", nargs="*", metavar="CONFIG|key=value", help="config files, then overrides for every run"
+    )
+    sweep.add_argument("--seeds", default="0", help="train.seed of each run: 0,1,2 or 0-2 (default 0)")
+    sweep.add_argument("--out", required=True, help="folder of the sweep's run folders")
+    sweep.add_argument("--executor", choices=("local", "slurm"), default="local", help="where the runs train")
+    sweep.add_argument("--parallel", type=int, default=1, help="local: runs at a time (default 1)")
+    sweep.add_argument("--nproc", type=int, default=1, help="local: ranks per run (torchrun; default 1)")
+    sweep.add_argument(
+        "--sbatch-args",
+        metavar='"OPTIONS"',
+        help='slurm: sbatch options of every task, e.g. --sbatch-args="--nodes 1 --time 02:00:00 --gres gpu:1" '
+        "(defaults: launchers/slurm.sbatch's #SBATCH lines)",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print what would run (and the sbatch line); run nothing")
+    sweep.set_defaults(func=_sweep)
+
+    compare = commands.add_parser(
+        "compare",
+        help="bits/dim of runs and each run's paired per-image difference to a baseline",
+        description="Test bits/dim ± standard error of every run (a run folder: its best checkpoint's evaluation; "
+        "an evaluation folder; a sweep's folder: all its runs) and, against the baseline (the first run, or "
+        "--baseline), the mean per-image difference over the images both evaluated with its standard error and "
+        "95%% interval; the seeds of one config (<stem>-s<seed>) aggregated.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders, evaluation folders or a sweep's folder")
+    compare.add_argument("--split", choices=("test", "val", "train"), default="test", help="default: test")
+    compare.add_argument("--baseline", metavar="RUN", help="the run the others are paired against (default: first)")
+    compare.add_argument("--out", metavar="FILE.csv", help="write the table as CSV and the figure as FILE.png")
+    compare.set_defaults(func=_compare, overrides=None)
 
     bench = commands.add_parser("bench", help="benchmarks that write CSV (see docs/benchmarks.md)")
     bench.add_argument(

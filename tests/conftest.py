@@ -37,3 +37,16 @@ def _float64_and_seed():
 def float32_default():
     """Training-style tests run in float32, like the CLI."""
     torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """A real 2 configs x 2 seeds sweep, run here one after another (``aef-hpc sweep``; shared by the SLURM test,
+    whose job array must reproduce it bit for bit)."""
+    from sweep_helpers import run_sweep, sweep_configs
+
+    root = tmp_path_factory.mktemp("sweep")
+    configs = sweep_configs(root)
+    proc = run_sweep(configs, root / "local")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return configs, root / "local", proc.stdout

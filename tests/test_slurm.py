@@ -2,14 +2,18 @@
 scripts/slurm-local/) runs launchers/slurm.sbatch: torchrun per node, srun per rank, and SIGUSR1 -> checkpoint ->
 requeue -> resume. Skipped, with the reason, where the daemons cannot start (not root, no packages)."""
 
+import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from sweep_helpers import run_sweep
 
 from aef_hpc.process_group import expand_nodelist
+from aef_hpc.train.run_dir import read_metrics
 from tests.test_distributed import COMMON, ENGINES, ROOT, VENV_BIN, assert_same_losses, launch, train_losses
 
 SCRIPTS = ROOT / "scripts" / "slurm-local"
@@ -95,3 +99,40 @@ def test_usr1_checkpoints_requeues_and_the_rerun_resumes(slurm, single, tmp_path
     worst = max(abs(losses[s] - single[s]) / abs(single[s]) for s in losses)
     print(f"checkpointed at step {stopped} on SIGUSR1, requeued, resumed: worst relative difference {worst:.1e}")
     assert worst < 1e-4
+
+
+def test_a_sweep_is_one_job_array_whose_preempted_task_is_requeued_and_matches_the_local_sweep(
+    slurm, local_sweep, tmp_path
+):
+    configs, reference, _ = local_sweep
+    out = tmp_path / "sweep"
+    args = ["--executor", "slurm", "--sbatch-args=--nodes 1 --time 5"]
+    submitted = run_sweep(configs, out, *args, env=slurm)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = re.search(r"submitted job array (\d+) \(4 tasks\)", submitted.stdout).group(1)
+    queued = run_sweep(configs, out, *args, env=slurm)  # queued or being trained: nothing is submitted twice
+    assert queued.returncode == 0 and "nothing to run" in queued.stdout, queued.stdout + queued.stderr
+    assert not re.search(r"\bnew\b", queued.stdout), queued.stdout
+    metrics, end = out / "long-s1" / "metrics.csv", time.monotonic() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 40) and time.monotonic() < end:
+        time.sleep(0.1)
+    task = f"{job}_1"  # long-s1: the sweep's second run
+    signal = subprocess.run(["scancel", "--signal=USR1", "--batch", task], env=slurm, capture_output=True, text=True)
+    assert signal.returncode == 0, signal.stderr
+    wait_gone(slurm, job)
+    log = (out / "logs" / f"slurm-{task}.out").read_text()
+    assert "checkpoint requested" in log and "requeueing job" in log and "(restart 1)" in log, log[-3000:]
+    stopped = int(log.split("checkpoint at step ")[1].split()[0])
+    assert 0 < stopped < 200, "preempted mid-run"
+    for name in ("long-s0", "long-s1", "short-s0", "short-s1"):  # every task, the requeued one too: bit for bit
+        assert train_rows(out / name) == train_rows(reference / name), name
+        result = json.loads((out / name / "finished.json").read_text())
+        assert result == {**json.loads((reference / name / "finished.json").read_text()), "evaluation": str(
+            out / name / "eval" / Path(result["evaluation"]).name)}, name  # fmt: skip
+    print(f"task {task} checkpointed at step {stopped} on SIGUSR1, requeued, resumed: every run bit-identical")
+    again = run_sweep(configs, out, *args, env=slurm)
+    assert again.returncode == 0 and "nothing to run: 4 already finished" in again.stdout, again.stdout
+
+
+def train_rows(run_dir: Path) -> list[tuple[str, str, str]]:
+    return [(r["step"], r["metric"], r["value"]) for r in read_metrics(run_dir) if r["split"] == "train"]

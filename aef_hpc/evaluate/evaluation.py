@@ -302,6 +302,8 @@ def _write(
         "bits_per_dim": bpd.mean().item(),
         "bits_per_dim_se": _standard_error(bpd),
         "levels": data.levels,
+        "image_shape": list(data.image_shape),
+        "data_fingerprint": data.fingerprint(e.split),  # the same images: per-image records can be paired
         "ema_weights": trained.ema,
         "seed": e.seed,
         "world_size": world_info()[1],

@@ -55,7 +55,17 @@ from ..progress import Progress
 from ..signals import CheckpointRequest, sigterm_as_interrupt
 from .collective import initialize_collectively, rank_file
 from .ema import EMA
-from .run_dir import MetricsLog, SilentLog, lock_run, mark_no_checkpoint, new_run_dir, read_metrics, write_env
+from .run_dir import (
+    FINISHED,
+    MetricsLog,
+    SilentLog,
+    lock_run,
+    mark_finished,
+    mark_no_checkpoint,
+    new_run_dir,
+    read_metrics,
+    write_env,
+)
 from .schedule import build_scheduler
 
 
@@ -350,6 +360,7 @@ def _describe_run(run_dir: Path, cfg: Config, state: TrainState, resume, device,
         recover(run_dir / "checkpoints")
         point_best(run_dir, state.best_step)  # a kill may have fallen between a best checkpoint and its pointer
         print(f"resuming {run_dir} from {resume.path.name}", file=sys.stderr)
+        (run_dir / FINISHED).unlink(missing_ok=True)  # trained further (e.g. more steps): finished again at its end
     write_atomic(run_dir / "config.yaml", to_yaml(cfg))
     write_env(run_dir, device, world_size=world_size, resumed_from=None if resume is None else state.step)
 
@@ -541,6 +552,7 @@ def finish(run_dir: Path, cfg: Config, data, best_step: int) -> RunResult:
         )
     )
     best_val = trained.checkpoint.meta["validation"][trained.model.loss_name]
+    mark_finished(run_dir, trained.checkpoint.step, summary, eval_dir)  # last: a sweep skips this run from now on
     return RunResult(run_dir, trained.model.loss_name, best_val, trained.checkpoint.step, summary, eval_dir, figures)
 
 

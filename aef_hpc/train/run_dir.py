@@ -33,6 +33,15 @@ NO_CHECKPOINT = "NO_CHECKPOINT"
 over"""
 
 
+FINISHED = "finished.json"
+"""the file that marks a finished run (trained, its best checkpoint tested): its test result and where it lies"""
+
+
+def mark_finished(run_dir: Path, best_step: int, summary: dict, eval_dir: Path) -> None:
+    record = {"best_step": best_step, "bits_per_dim": summary["bits_per_dim"], "evaluation": str(eval_dir)}
+    write_atomic(run_dir / FINISHED, json.dumps(record, indent=2))
+
+
 def mark_no_checkpoint(run_dir: Path, why: str) -> None:
     """Keep a run that stopped before its first checkpoint (config, metrics, TensorBoard) and say so in it."""
     write_atomic(run_dir / NO_CHECKPOINT, f"{why}\n`aef-hpc train --resume {run_dir}` starts it over\n")
