@@ -211,7 +211,10 @@ def _sweep(args) -> int:
     if not configs:
         raise ConfigError("sweep: give at least one config file (e.g. configs/paper/mnist-vae-d2.yaml)")
     sweep.check_parallel(args.parallel, args.nproc)
-    sbatch_args = shlex.split(args.sbatch_args or "")
+    try:
+        sbatch_args = shlex.split(args.sbatch_args or "")
+    except ValueError as exc:
+        raise ConfigError(f"--sbatch-args {args.sbatch_args!r}: {exc} (quote as in a shell)") from None
     runs = sweep.plan(configs, sweep.parse_seeds(args.seeds), overrides, args.out)
     out = Path(args.out).resolve()
     print(sweep.describe(runs, overrides))
@@ -240,7 +243,12 @@ def _compare(args) -> int:
 
     if args.out:
         check_writable_file(args.out, "--out")
-    runs = [compare.load(path, args.split) for path in compare.expand(args.runs)]
+        if not args.out.endswith(".csv"):
+            raise ConfigError(f"--out {args.out}: name a .csv file (the figure goes beside it as .png)")
+    paths, notes = compare.expand(args.runs, args.split)
+    for note in notes:
+        print(f"aef-hpc: note: {note}", file=sys.stderr)
+    runs = [compare.load(path, args.split) for path in paths]
     baseline = compare.pick_baseline(runs, args.baseline)
     rows = compare.compare(runs, baseline)
     print(compare.table(rows, baseline))

@@ -1,4 +1,4 @@
-"""The small sweep of the sweep tests: two configs (``long``: 200 steps, long enough to be interrupted mid-run;
+"""The small sweep of the sweep tests: two configs (``long``: 120 steps, long enough to be interrupted mid-run;
 ``short``: 20 steps, another model), each with seeds 0 and 1, on the embedded digits."""
 
 import os
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from helpers import aef_hpc_exe
 
-COMMON = {"train": {"val_every": 100, "log_every": 1, "device": "cpu"},
+COMMON = {"train": {"val_every": 60, "log_every": 1, "device": "cpu"},
           "eval": {"limit": 64, "grid_samples": 4, "num_samples": 8, "repeats": 1}}  # fmt: skip
 CONFIGS = {
-    "long": {"model": {"name": "aef-center"}, "train": {"steps": 200}},
+    "long": {"model": {"name": "aef-center"}, "train": {"steps": 120}},
     "short": {"model": {"name": "vae"}, "train": {"steps": 20, "val_every": 10}},
 }
 #: one thread everywhere: a run here and a run as a SLURM task add their floats in the same order

@@ -75,6 +75,24 @@ def test_seeds_are_aggregated_and_paired_through_their_per_image_means(tmp_path,
     assert vae.versus is None and rows[("run", "vae-s1")].versus.mean == pytest.approx(0.02, abs=1e-12)
 
 
+def test_only_seeds_of_the_same_settings_are_aggregated(tmp_path, hard_and_easy):
+    runs = [compare.load(fake_run(tmp_path, name, hard_and_easy, latent=latent), "test")
+            for name, latent in (("a-s0", 2), ("a-s1", 2), ("b-s0", 2), ("b-s1", 8))]  # fmt: skip
+    kinds = [(r.kind, r.name) for r in compare.compare(runs, runs[0])]
+    assert ("config", "a") in kinds and ("config", "b") not in kinds, "b-s1 has another latent size: not a seed of b"
+
+
+def test_a_sweep_folder_leaves_out_its_unfinished_runs_with_a_note(tmp_path, capsys, hard_and_easy):
+    fake_run(tmp_path, "a-s0", hard_and_easy)
+    fake_run(tmp_path, "a-s1", hard_and_easy + 0.1)
+    (tmp_path / "a-s2").mkdir()
+    (tmp_path / "a-s2" / "config.yaml").write_text((tmp_path / "a-s0" / "config.yaml").read_text())
+    assert main(["compare", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "a-s2: no test evaluation yet (unfinished or failed): left out" in captured.err
+    assert "2 seeds" in captured.out
+
+
 def test_only_images_both_evaluated_are_paired(tmp_path, hard_and_easy):
     base = fake_run(tmp_path, "base", hard_and_easy)
     half = fake_run(tmp_path, "half", hard_and_easy[::2] + 0.1, keys=[f"{i:08d}" for i in range(0, N, 2)])
@@ -110,6 +128,7 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, hard_and_easy):
         ([str(base), str(base)], "a run is given twice"),
         ([str(base), "--baseline", "nope"], "--baseline nope: not among the runs compared (base)"),
         ([str(base), "--out", str(tmp_path)], "is a folder: give a file name"),
+        ([str(base), "--out", str(tmp_path / "c.png")], "name a .csv file"),
     ):
         assert main(["compare", *args]) == 2, args
         err = capsys.readouterr().err

@@ -56,8 +56,8 @@ def wait_gone(slurm, job: str, timeout: float = 300) -> None:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     runs = tmp_path_factory.mktemp("single")
-    launch([str(VENV_BIN / "aef-hpc"), "train", *COMMON, "train.batch_size=32", "train.steps=300",
-            "train.val_every=100", f"run.out_dir={runs}", "run.name=single"])  # fmt: skip
+    launch([str(VENV_BIN / "aef-hpc"), "train", *COMMON, "train.batch_size=32", "train.steps=100",
+            "train.val_every=50", f"run.out_dir={runs}", "run.name=single"])  # fmt: skip
     return train_losses(runs / "single")
 
 
@@ -78,7 +78,7 @@ def test_sbatch_on_two_nodes_trains_like_one_process(slurm, single, tmp_path, mo
 
 
 def test_usr1_checkpoints_requeues_and_the_rerun_resumes(slurm, single, tmp_path):
-    args = [*COMMON, *ENGINES["ddp"], "train.batch_size=16", "train.steps=300", "train.val_every=100"]
+    args = [*COMMON, *ENGINES["ddp"], "train.batch_size=16", "train.steps=100", "train.val_every=50"]
     job = submit(slurm, tmp_path, *args, f"run.out_dir={tmp_path}", "run.name=r")
     metrics = tmp_path / "r" / "metrics.csv"
     end = time.monotonic() + 120
@@ -91,11 +91,11 @@ def test_usr1_checkpoints_requeues_and_the_rerun_resumes(slurm, single, tmp_path
     assert "SIGUSR1" in log and "checkpoint requested" in log, log[-3000:]
     assert f"requeueing job {job} (1 of 20)" in log and "(restart 1)" in log, log[-3000:]
     stopped = int(log.split("checkpoint at step ")[1].split()[0])
-    assert 0 < stopped < 100 and f"resuming {tmp_path / 'r'} from step-{stopped:06d}" in log
-    meta = (tmp_path / "r" / "checkpoints" / "step-000300" / "meta.json").read_text()
+    assert 0 < stopped < 50 and f"resuming {tmp_path / 'r'} from step-{stopped:06d}" in log
+    meta = (tmp_path / "r" / "checkpoints" / "step-000100" / "meta.json").read_text()
     assert '"requeues": 1' in meta
     losses = train_losses(tmp_path / "r")
-    assert sorted(losses) == list(range(1, 301))
+    assert sorted(losses) == list(range(1, 101))
     worst = max(abs(losses[s] - single[s]) / abs(single[s]) for s in losses)
     print(f"checkpointed at step {stopped} on SIGUSR1, requeued, resumed: worst relative difference {worst:.1e}")
     assert worst < 1e-4
@@ -123,7 +123,7 @@ def test_a_sweep_is_one_job_array_whose_preempted_task_is_requeued_and_matches_t
     log = (out / "logs" / f"slurm-{task}.out").read_text()
     assert "checkpoint requested" in log and "requeueing job" in log and "(restart 1)" in log, log[-3000:]
     stopped = int(log.split("checkpoint at step ")[1].split()[0])
-    assert 0 < stopped < 200, "preempted mid-run"
+    assert 0 < stopped < 120, "preempted mid-run"
     for name in ("long-s0", "long-s1", "short-s0", "short-s1"):  # every task, the requeued one too: bit for bit
         assert train_rows(out / name) == train_rows(reference / name), name
         result = json.loads((out / name / "finished.json").read_text())

@@ -48,7 +48,8 @@ def test_every_config_and_seed_is_trained_once_and_a_rerun_skips_them(local_swee
     more = subprocess.run([aef_hpc_exe(), "sweep", *map(str, configs), "--seeds", "0-2", "--out", str(out),
                            "--dry-run", "--executor", "slurm"], capture_output=True, text=True)  # fmt: skip
     assert more.returncode == 0 and "--array=2,5 " in more.stdout and re.search(r"long-s2 +new", more.stdout)
-    assert not (out / "long-s2").exists() and not (out / ".sweep").exists(), "a dry run writes nothing"
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}, "a dry run writes nothing"
+    assert not (out / "long-s2").exists()
 
 
 def test_ctrl_c_stops_at_a_checkpoint_and_the_rerun_resumes_bit_for_bit(local_sweep, tmp_path):
@@ -56,17 +57,19 @@ def test_ctrl_c_stops_at_a_checkpoint_and_the_rerun_resumes_bit_for_bit(local_sw
     command = [aef_hpc_exe(), "sweep", str(configs[0]), "--seeds", "1", "--out", str(tmp_path)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **ENV})  # fmt: skip
-    metrics, end = tmp_path / "long-s1" / "metrics.csv", time.monotonic() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 40) and time.monotonic() < end:
-        time.sleep(0.05)
+    first, end = tmp_path / "long-s1" / "checkpoints" / "latest", time.monotonic() + 120
+    while not first.exists() and time.monotonic() < end:  # its first checkpoint (step 60): mid-run from there on
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep; it passes one on to the training it runs
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "long-s1 stopped at its last checkpoint; the same command resumes the sweep" in err, err
+    assert "long-s1 checkpointed where it stood; the same command resumes the sweep" in err, err
     assert not (tmp_path / "long-s1" / "finished.json").exists()
+    stopped = int((tmp_path / "long-s1" / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert 60 < stopped < 120, "a checkpoint where the run stood, after its first one (step 60)"
     again = run_sweep([configs[0]], tmp_path, "--seeds", "1")  # the helper's --seeds 0,1 would add long-s0: not here
     assert again.returncode == 0 and re.search(r"long-s1 +interrupted", again.stdout), again.stdout + again.stderr
-    assert "1 resumed" in again.stdout
+    assert "1 resumed" in again.stdout and f"from step-{stopped:06d}" in (tmp_path / "logs" / "long-s1.log").read_text()
     assert losses(tmp_path / "long-s1") == losses(reference / "long-s1"), "resumed bit for bit"
     assert finished(tmp_path / "long-s1")["bits_per_dim"] == finished(reference / "long-s1")["bits_per_dim"]
 
@@ -89,6 +92,9 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_over(local_sweep, t
         (["{long}", "train.nosuch=1"], "train.nosuch"),
         (["{long}", "--seeds", "1,1"], "--seeds '1,1': give distinct seeds"),
         (["{long}", "--seeds", "a"], "--seeds 'a': write seeds as 0,1,2"),
+        (["{long}", "--seeds", "0-99999999999"], "a sweep has at most 10,000 seeds"),
+        (["{long}", "--seeds", "5-2"], "a range goes up"),
+        (["{long}", "--executor", "slurm", "--sbatch-args=--comment 'x"], "No closing quotation"),
         (["{long}", "{copy}"], "would both name their runs long-s<seed>"),
         (["{long}", "--parallel", "0"], "--parallel 0 and --nproc 1 must be 1 to 1024"),
         (["--seeds", "0"], "give at least one config file"),

@@ -162,9 +162,10 @@ def pixel_csv(path: Path) -> Source:
     bad = np.flatnonzero(((pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))).any(axis=1))
     if len(bad):
         raise DataError(f"{path}: row {bad[0] + 1} holds a pixel outside the integers 0..255")
-    if (labels != np.round(labels)).any() or (labels < 0).any():
-        raise DataError(f"{path}: row {np.flatnonzero(labels != np.round(labels))[:1] + 1} has a label that is "
-                        "not a non-negative integer (the last value of each row)")  # fmt: skip
+    odd = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
+    if len(odd):
+        raise DataError(f"{path}: row {odd[0] + 1} has a label that is not a non-negative integer (the last value of "
+                        "each row)")  # fmt: skip
     images = pixels.astype(np.uint8).reshape(-1, 1, side, side)
     return Source(str(path), [Item(i, (lambda i=i: images[i]), int(labels[i])) for i in range(len(images))])
 
@@ -174,8 +175,11 @@ _IDX_UINT8 = 0x08
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    with _open_maybe_gzip(path) as file:
-        data = file.read()
+    try:
+        with _open_maybe_gzip(path) as file:
+            data = file.read()
+    except (OSError, EOFError) as exc:  # a damaged .gz too (gzip.BadGzipFile is an OSError)
+        raise DataError(f"{path}: cannot be read ({exc}): download or unpack it again") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != _IDX_UINT8 or data[3] != ndim:
         raise DataError(f"{path}: not an idx file of {ndim}-dimensional uint8 data (its header says otherwise)")
     shape = tuple(int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))

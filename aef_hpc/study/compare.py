@@ -10,6 +10,7 @@ difference of the per-image mean over seeds.
 """
 
 import csv
+import hashlib
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 from scipy import stats
 
 from ..config import from_yaml
@@ -39,11 +41,18 @@ class Evaluated:
     image_shape: list[int] | None
     data: str
     """what identifies the images: the summary's data fingerprint (older summaries: the data settings)"""
+    setting: str = ""
+    """a digest of the run's config without its seed and location (``_setting``)"""
 
     @property
     def group(self) -> str:
         """The config this run is a seed of (``<stem>-s<seed>`` -> ``<stem>``)."""
         return SEED_SUFFIX.sub("", self.run.name)
+
+    @property
+    def group_key(self) -> tuple:
+        """Seeds of one config: the same folder of runs, the same stem and the same settings but the seed."""
+        return (str(self.run.parent.resolve()), self.group, self.setting)
 
 
 @dataclass
@@ -69,33 +78,52 @@ def paired(a: np.ndarray, b: np.ndarray) -> Paired:
     return Paired(n, float(d.mean()), se, float(d.mean()) - half, float(d.mean()) + half, unpaired)
 
 
-def expand(paths: list[str]) -> list[Path]:
-    """Run folders, evaluation folders, or a sweep's folder (every run folder inside it), in the order given."""
-    found = []
+def expand(paths: list[str], split: str) -> tuple[list[Path], list[str]]:
+    """Run folders, evaluation folders, or a sweep's folder (every run inside it that has an evaluation of
+    ``split``; the others are named in the returned notes), in the order given."""
+    found, notes = [], []
     for given in paths:
         path = Path(given)
         if not path.exists():
             raise ConfigError(f"{path} does not exist: give run folders (runs/NAME), evaluation folders or a sweep")
-        if (path / "config.yaml").is_file() or (path / "records.csv").is_file():
+        if (path / "config.yaml").is_file() or (path / "summary.json").is_file():
             found.append(path)
             continue
-        inside = sorted(p for p in path.iterdir() if (p / "config.yaml").is_file()) if path.is_dir() else []
+        inside = [p for p in path.iterdir() if (p / "config.yaml").is_file()] if path.is_dir() else []
+        inside.sort(key=_natural)
         if not inside:
             raise ConfigError(f"{path} is neither a run folder, an evaluation folder nor a folder of runs")
-        found += inside
+        for run in inside:
+            try:
+                evaluation_folder(run, split)
+                found.append(run)
+            except ConfigError:
+                notes.append(f"{run.name}: no {split} evaluation yet (unfinished or failed): left out")
     if len({p.resolve() for p in found}) != len(found):
         raise ConfigError("a run is given twice: give each run once")
-    return found
+    if not found:
+        raise ConfigError(f"none of {', '.join(paths)} holds a run with a {split} evaluation")
+    return found, notes
+
+
+def _natural(path: Path) -> list:
+    """``d2`` before ``d8`` before ``d32``: numbers in a name sort by value."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def evaluation_folder(run: Path, split: str) -> Path:
-    """``RUN/eval/<best>-<split>`` (the run's own settings), or ``run`` itself when it is an evaluation folder."""
-    if (run / "records.csv").is_file():
+    """An evaluation folder as it is; for a run folder, its final test's (``finished.json``) when ``split`` is the
+    one it tested, else ``RUN/eval/<best>-<split>`` (an evaluation of the best checkpoint with the run's settings)."""
+    if (run / "summary.json").is_file():
         return run
-    best = (run / "checkpoints" / "best").read_text().strip() if (run / "checkpoints" / "best").is_file() else None
-    folder = run / "eval" / f"{best}-{split}"
-    if best is None or not (folder / "records.csv").is_file():
-        others = sorted(p.name for p in (run / "eval").glob(f"*-{split}*") if (p / "records.csv").is_file())
+    finished = _read_json(run / "finished.json") if (run / "finished.json").is_file() else {}
+    folder = Path(finished.get("evaluation", "/nonexistent"))
+    if not folder.name.endswith(f"-{split}") or not (folder / "summary.json").is_file():
+        pointer = run / "checkpoints" / "best"
+        best = pointer.read_text().strip() if pointer.is_file() else None
+        folder = run / "eval" / f"{best}-{split}"
+    if not (folder / "summary.json").is_file():
+        others = sorted(p.name for p in (run / "eval").glob(f"*-{split}*") if (p / "summary.json").is_file())
         hint = f" (found {', '.join(others)}: pass one of those folders)" if others else ""
         raise ConfigError(
             f"{run} has no {split} evaluation of its best checkpoint: run `aef-hpc eval {run} eval.split={split}`{hint}"
@@ -103,20 +131,42 @@ def evaluation_folder(run: Path, split: str) -> Path:
     return folder
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}): evaluate the run again with aef-hpc eval") from None
+
+
 def load(path: Path, split: str) -> Evaluated:
-    """``path``: a run folder (its best checkpoint's evaluation of ``split``) or an evaluation folder."""
+    """``path``: a run folder (its best checkpoint's evaluation of ``split``) or an evaluation folder
+    (``RUN/eval/<checkpoint>-<split>...``)."""
     folder = evaluation_folder(path, split)
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = _read_json(folder / "summary.json")
     if summary.get("split", split) != split:
         raise ConfigError(f"{folder} holds the {summary['split']} split, not {split}: pass --split {summary['split']}")
     run = folder.parents[1]  # RUN/eval/<checkpoint>-<split>
+    if folder.parent.name != "eval" or not (run / "config.yaml").is_file():
+        raise ConfigError(f"{folder} is not inside a run folder (RUN/eval/...): its model is unknown")
     cfg = from_yaml((run / "config.yaml").read_text(), where=str(run / "config.yaml"))
-    with open(folder / "records.csv", newline="") as handle:
-        bits = {row["key"]: float(row["bits_per_dim"]) for row in csv.DictReader(handle)}
+    try:
+        with open(folder / "records.csv", newline="") as handle:
+            bits = {row["key"]: float(row["bits_per_dim"]) for row in csv.DictReader(handle)}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{folder / 'records.csv'} cannot be read ({exc}): evaluate the run again") from None
     data = summary.get("data_fingerprint") or summary.get("settings", {}).get("data", "")
     name = run.name if folder != path else f"{run.name}:{folder.name}"
-    return Evaluated(name, run, folder, cfg.model.name, cfg.model.latent_dim, bits, summary["levels"],
-                     summary.get("image_shape"), data)  # fmt: skip
+    setting = _setting(cfg)
+    return Evaluated(name, run, folder, cfg.model.name, cfg.model.latent_dim, bits, summary.get("levels"),
+                     summary.get("image_shape"), data, setting)  # fmt: skip
+
+
+def _setting(cfg) -> str:
+    """What a run was trained with, except its seed and where it lies: runs of one config with other seeds share it."""
+    flat = OmegaConf.to_container(OmegaConf.structured(cfg))
+    flat["train"].pop("seed")
+    flat.pop("run")
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def check_comparable(a: Evaluated, b: Evaluated) -> list[str]:
@@ -189,13 +239,15 @@ def compare(runs: list[Evaluated], baseline: Evaluated) -> list[Row]:
             keys = check_comparable(run, baseline)
             row.versus = paired(_mean_over([run], keys), _mean_over([baseline], keys))
         rows.append(row)
-    groups: dict[str, list[Evaluated]] = {}
+    groups: dict[tuple, list[Evaluated]] = {}
     for run in runs:
-        groups.setdefault(run.group, []).append(run)
-    base_group = groups[baseline.group]
-    for name, members in groups.items():
+        groups.setdefault(run.group_key, []).append(run)
+    base_group = groups[baseline.group_key]
+    stems = [key[1] for key, members in groups.items() if len(members) > 1]
+    for key, members in groups.items():
         if len(members) < 2:
             continue
+        name = key[1] if stems.count(key[1]) == 1 else f"{Path(key[0]).name}/{key[1]}"
         means = np.array([np.mean(list(m.bits.values())) for m in members])
         row = Row(
             "config",

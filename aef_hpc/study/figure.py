@@ -14,8 +14,8 @@ def points(rows: list[Row]) -> dict[str, list[tuple[int, float, float]]]:
     """Per model, ``(latent_dim, bits/dim, half-interval)``: a config's mean over seeds ± their standard deviation;
     a config with one seed, its run ± 1.96 standard errors. Two configs of one model and latent size (another
     dataset, another learning rate) get a line each, named by config."""
-    configs = {r.name: r for r in rows if r.kind == "config"}
-    chosen = [*configs.values(), *(r for r in rows if r.kind == "run" and r.members[0].group not in configs)]
+    grouped = {m.group_key for r in rows if r.kind == "config" for m in r.members}
+    chosen = [r for r in rows if r.kind == "config" or r.members[0].group_key not in grouped]
     taken: dict[tuple[str, int], int] = {}
     for r in chosen:
         taken[(r.model, r.latent_dim)] = taken.get((r.model, r.latent_dim), 0) + 1
@@ -33,6 +33,9 @@ def compare_figure(rows: list[Row], path: Path, split: str) -> Path:
         latent, bits, half = zip(*values, strict=True)
         axes.errorbar(latent, bits, yerr=half, marker="o", capsize=3, label=label)
     axes.set_xscale("log", base=2)
+    latents = sorted({latent for values in points(rows).values() for latent, _, _ in values})
+    axes.set_xticks(latents, [str(latent) for latent in latents])
+    axes.minorticks_off()
     axes.set_xlabel("latent dimension")
     axes.set_ylabel(f"{split} bits/dim (lower is better)")
     axes.set_title("bars: ± std over seeds (one seed: 95 % interval)", fontsize=9)

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from ..config import Config, from_yaml, load_config
 from ..engine.checkpoint import complete_checkpoints, write_atomic
 from ..errors import ConfigError, Interrupted
+from ..signals import STOP_FILE_VARIABLE
 from ..train.run_dir import FINISHED, mark_no_checkpoint, stopped_before_first_checkpoint
 
 #: the sweep's own files inside its folder: job ids of submitted tasks, the tasks' argument files
@@ -63,14 +64,17 @@ class SweepRun:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` or a range ``0-4``; each in [0, 2**63), none twice."""
+    """``0,1,2`` or a range ``0-4``; each in [0, 2**63), none twice, at most 10,000."""
     seeds = []
     for part in text.split(","):
         first, _, last = part.strip().partition("-")
         try:
-            seeds += list(range(int(first), int(last) + 1)) if last else [int(first)]
+            low, high = int(first), int(last or first)
         except ValueError:
             raise ConfigError(f"--seeds {text!r}: write seeds as 0,1,2 or a range 0-4") from None
+        if high < low or high - low >= 10_000 or len(seeds) > 10_000:
+            raise ConfigError(f"--seeds {text!r}: a range goes up (0-4) and a sweep has at most 10,000 seeds")
+        seeds += range(low, high + 1)
     if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2**63 for s in seeds):
         raise ConfigError(f"--seeds {text!r}: give distinct seeds in [0, 2**63), e.g. 0,1,2")
     return seeds
@@ -95,6 +99,11 @@ def plan(configs: list[str], seeds: list[int], overrides: list[str], out: str | 
         for seed in seeds:
             run = SweepRun(len(runs), path, seed, out / f"{_stem(path)}-s{seed}")
             expected = load_config(path, run.train_args(overrides)[2:])  # one line naming the file if it is wrong
+            if (expected.run.out_dir, expected.run.name) != (str(out), run.name):  # key=value is read as YAML
+                raise ConfigError(
+                    f"--out {out}: the path reads as {expected.run.out_dir!r} in a key=value setting (' #', ': '): "
+                    "choose a plainer folder name"
+                )
             run.state = "queued" if run.name in queued else _state(run.folder, expected)
             runs.append(run)
     return runs
@@ -126,9 +135,13 @@ def _locked(folder: Path) -> bool:
     """A training process holds the run folder's lock (``run_dir.lock_run``)."""
     if not (folder / ".lock").is_file():
         return False
-    with open(folder / ".lock", "a+") as handle:
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        handle = open(folder / ".lock")
+    except OSError:  # unreadable: nobody's lock this process can see
+        return False
+    with handle:
+        try:  # a shared lock conflicts with the training's exclusive one
+            fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return True
         fcntl.lockf(handle, fcntl.LOCK_UN)
@@ -176,11 +189,16 @@ def to_run(runs: list[SweepRun]) -> list[SweepRun]:
     return [r for r in runs if r.state in ("new", "interrupted", "restart")]
 
 
-def _prepare(run: SweepRun) -> None:
-    """A run that died before its first checkpoint is marked so that ``--resume`` starts it over (its logs go)."""
+def _prepare(run: SweepRun) -> bool:
+    """Just before a run starts: ``False`` if another process has started training it since the plan was made;
+    a run that died before its first checkpoint is marked so that ``--resume`` starts it over (its logs go)."""
+    if _locked(run.folder):
+        run.state = "running"
+        return False
     if run.state == "restart":
         mark_no_checkpoint(run.folder, "its training stopped before its first checkpoint")
         run.state = "interrupted"
+    return True
 
 
 # -- local: runs one after another, or N at a time ----------------------------------------------------------------
@@ -189,7 +207,8 @@ def _prepare(run: SweepRun) -> None:
 def run_local(runs: list[SweepRun], overrides: list[str], parallel: int = 1, nproc: int = 1) -> list[SweepRun]:
     """Run every run that is not finished, ``parallel`` at a time, each with ``nproc`` ranks (torchrun); each
     one's output goes to ``OUT/logs/<name>.log``. Returns the runs that failed. Ctrl-C (or SIGTERM) asks every
-    running training for a checkpoint, waits for them, then raises ``Interrupted``."""
+    running training for a checkpoint at its next step (its stop file), waits for them and raises
+    ``Interrupted``; a second Ctrl-C interrupts them at once (they keep their last checkpoint)."""
     pending, active, failed = list(to_run(runs)), {}, []
     env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:  # N trainings share the cores instead of each taking all
@@ -199,26 +218,59 @@ def run_local(runs: list[SweepRun], overrides: list[str], parallel: int = 1, npr
         while pending or active:
             while pending and len(active) < parallel:
                 run = pending.pop(0)
-                _prepare(run)
-                active[_start(run, overrides, nproc, env)] = (run, time.monotonic())
-                print(f"[{done + len(active)}/{total}] {run.name}: {run.state} run started", flush=True)
+                if not _prepare(run):
+                    print(f"[{done}/{total} done] {run.name}: being trained by another process: left to it")
+                    total -= 1
+                    continue
+                state = "resumed" if run.state == "interrupted" else "started"
+                with _signals_held():  # a Ctrl-C now finds the process in ``active``
+                    active[_start(run, overrides, nproc, env)] = (run, time.monotonic())
+                print(f"[{done}/{total} done] {run.name}: {state} (log: {_log_path(run)})", flush=True)
             time.sleep(0.2)
             for proc in [p for p in active if p.poll() is not None]:
                 run, started = active.pop(proc)
                 done += 1
-                print(f"[{done}/{total}] {run.name}: {_outcome(run, proc.returncode, started)}", flush=True)
+                print(f"[{done}/{total} done] {run.name}: {_outcome(run, proc.returncode, started)}", flush=True)
                 if proc.returncode:
                     failed.append(run)
     except KeyboardInterrupt:
-        for proc in active:  # one SIGINT each (they run in their own session: the terminal's did not reach them)
-            proc.send_signal(signal.SIGINT)
-        for proc in active:
-            proc.wait()
+        _stop(active)
         names = ", ".join(run.name for run, _ in active.values())
         raise Interrupted(
-            f"interrupted: {names or 'no run'} stopped at its last checkpoint; the same command resumes the sweep"
+            f"interrupted: {names or 'no run'} checkpointed where it stood; the same command resumes the sweep"
         ) from None
     return failed
+
+
+def _stop(active: dict) -> None:
+    """Ask every running training for a checkpoint (its stop file) and wait; a further Ctrl-C sends each one
+    SIGINT (it stops at once, keeping its last checkpoint), and waiting goes on: none is left untended."""
+    for run, _ in active.values():
+        _stop_file(run).touch()
+    print(f"aef-hpc: checkpointing {len(active)} run(s) (Ctrl-C again: stop them at once)", file=sys.stderr, flush=True)
+    while any(proc.poll() is None for proc in active):
+        try:
+            for proc in active:
+                proc.wait()
+        except KeyboardInterrupt:
+            for proc in active:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)  # their own session: the terminal's Ctrl-C did not reach them
+    for run, _ in active.values():
+        _stop_file(run).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _stop_file(run: SweepRun) -> Path:
+    return run.folder.parent / STATE / f"{run.name}.stop"
 
 
 def _log_path(run: SweepRun) -> Path:
@@ -233,9 +285,13 @@ def _start(run: SweepRun, overrides: list[str], nproc: int, env: dict) -> subpro
     command = [sys.executable, *launcher, "train", *run.command_args(overrides), "--no-progress"]
     log = _log_path(run)
     log.parent.mkdir(parents=True, exist_ok=True)
+    _stop_file(run).parent.mkdir(exist_ok=True)
+    _stop_file(run).unlink(missing_ok=True)
+    env = {**env, STOP_FILE_VARIABLE: str(_stop_file(run))}  # Ctrl-C: a checkpoint at the next step, as SIGUSR1
     with open(log, "a") as handle:
         handle.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
         handle.flush()
+        # its own session: the terminal's Ctrl-C reaches the sweep only, which asks for a checkpoint instead
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -258,6 +314,9 @@ def queued_tasks(out: Path) -> set[str]:
         return set()
     arrays = sorted({task.split("_")[0] for task in jobs.values()})
     listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)], capture_output=True, text=True)
+    if listed.returncode and "Invalid job id" not in listed.stderr:  # gone from the queue long ago: not an error
+        reason = (listed.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"squeue failed ({reason}): cannot tell which runs are still queued; try again")
     alive = set(listed.stdout.split())
     return {name for name, task in jobs.items() if task in alive}
 
@@ -267,10 +326,15 @@ def _jobs(out: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def sbatch_command(runs: list[SweepRun], out: Path, sbatch_args: list[str]) -> list[str]:
+def sbatch_command(runs: list[SweepRun], out: Path, sbatch_args: list[str], tasks: str = "<tasks>") -> list[str]:
+    """The job array of the runs not finished; the tasks' arguments travel in ``AEF_HPC_TASKS`` (``--export``
+    named here, so a site's ``SBATCH_EXPORT=NONE`` cannot drop it)."""
+    if any(a.startswith("--export") for a in sbatch_args):
+        raise ConfigError("--sbatch-args: --export is the sweep's (the tasks' arguments travel in AEF_HPC_TASKS)")
     indices = ",".join(str(r.index) for r in to_run(runs))
     return ["sbatch", "--parsable", f"--array={indices}", f"--job-name=sweep-{out.name}",
-            f"--output={out / 'logs' / 'slurm-%A_%a.out'}", *sbatch_args, str(SBATCH)]  # fmt: skip
+            f"--output={out / 'logs' / 'slurm-%A_%a.out'}", f"--export=ALL,AEF_HPC_TASKS={tasks}", *sbatch_args,
+            str(SBATCH)]  # fmt: skip
 
 
 def submit_array(runs: list[SweepRun], overrides: list[str], out: Path, sbatch_args: list[str]) -> str:
@@ -278,15 +342,19 @@ def submit_array(runs: list[SweepRun], overrides: list[str], out: Path, sbatch_a
     ``AEF_HPC_TASKS``) and submit one job array of the runs not finished; returns the array's job id."""
     if shutil.which("sbatch") is None:
         raise ConfigError("--executor slurm: sbatch is not on PATH: run the sweep on a SLURM login node")
-    launch = to_run(runs)
+    if "," in str(out):
+        raise ConfigError(f"--out {out}: a comma cannot travel in sbatch's --export list: choose a folder without one")
+    launch = [run for run in to_run(runs) if _prepare(run)]  # marked before a task can start
+    if not launch:
+        raise ConfigError("every run to submit is being trained by another process now: nothing submitted")
     created = [p for p in (out / "logs", out / STATE, out, *out.parents) if not p.exists()]
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / STATE).mkdir(exist_ok=True)
     tasks = Path(tempfile.mkdtemp(prefix="tasks-", dir=out / STATE))  # per submission: queued tasks keep theirs
     for run in launch:
         (tasks / f"{run.index}.args").write_bytes(b"\0".join(a.encode() for a in run.train_args(overrides)) + b"\0")
-    env = {**os.environ, "AEF_HPC_TASKS": str(tasks), "AEF_HPC_HOME": os.getcwd(), "VENV": sys.prefix}
-    done = subprocess.run(sbatch_command(runs, out, sbatch_args), capture_output=True, text=True, env=env)
+    env = {**os.environ, "AEF_HPC_HOME": os.getcwd(), "VENV": sys.prefix}
+    done = subprocess.run(sbatch_command(launch, out, sbatch_args, str(tasks)), capture_output=True, text=True, env=env)
     if done.returncode:
         shutil.rmtree(tasks, ignore_errors=True)
         for folder in created:  # innermost first: what this submission made, nothing else
@@ -294,8 +362,6 @@ def submit_array(runs: list[SweepRun], overrides: list[str], out: Path, sbatch_a
                 folder.rmdir()
         reason = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise ConfigError(f"sbatch refused the job array: {reason}")
-    for run in launch:
-        _prepare(run)
     job = done.stdout.strip().split(";")[0]
     jobs = {**_jobs(out), **{run.name: f"{job}_{run.index}" for run in launch}}
     write_atomic(out / STATE / "jobs.json", json.dumps(jobs, indent=2))

@@ -348,7 +348,10 @@ def _start(cfg: Config, resume, start_over: bool, info, ds_config, device, data,
 def _claim_run_dir(cfg: Config, resume, start_over: bool, lock: dict) -> Path:
     """Rank 0: a new run folder (or the resumed one, or the one started over), locked until the final test is
     written."""
-    run_dir = new_run_dir(cfg, start_over) if resume is None else resume.run_dir
+    if start_over:  # locked before its old logs go: a second start-over of the same folder stops with one line
+        lock["run"] = lock_run(Path(cfg.run.out_dir) / cfg.run.name)
+        return new_run_dir(cfg, start_over)
+    run_dir = new_run_dir(cfg) if resume is None else resume.run_dir
     lock["run"] = lock_run(run_dir)
     return run_dir
 
@@ -523,7 +526,7 @@ def _stop_for_requeue(tr: Training) -> None:
     kept = f"checkpoint at step {state.step}" if not state.skips_in_row else "the last good checkpoint"
     if not requeue:
         why = "not under SLURM" if job is None else f"run.max_requeues={cfg.run.max_requeues} reached"
-        raise Preempted(f"SIGUSR1: stopped with a {kept}; no requeue ({why}): continue with --resume")
+        raise Preempted(f"checkpoint requested: stopped with a {kept}; no requeue ({why}): continue with --resume")
     if tr.main:  # said first: SLURM stops this job's steps as soon as the requeue is accepted
         print(
             f"aef-hpc: SIGUSR1: {kept} written; requeueing job {job} ({state.requeues} of {cfg.run.max_requeues})",
