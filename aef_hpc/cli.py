@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Test bits/dim ± standard error of every run (a run folder: its best checkpoint's evaluation; "
         "an evaluation folder; a sweep's folder: all its runs) and, against the baseline (the first run, or "
         "--baseline), the mean per-image difference over the images both evaluated with its standard error and "
-        "95%% interval; the seeds of one config (<stem>-s<seed>) aggregated.",
+        "95 % interval; the seeds of one config (<stem>-s<seed>) aggregated.",
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders, evaluation folders or a sweep's folder")
     compare.add_argument("--split", choices=("test", "val", "train"), default="test", help="default: test")
