@@ -324,5 +324,18 @@ def _check_each_value(layer, overrides: list[str], where: str) -> None:
             _merge(layer, [item for j, item in enumerate(overrides) if keys[j] != key or j == i], where)
 
 
+def flat_items(cfg: Config) -> dict:
+    """Every setting as ``{"train.lr": 0.001, ...}`` (dotted key -> value)."""
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(walk(OmegaConf.to_container(OmegaConf.structured(cfg))))
+
+
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 from scipy import stats
 
-from ..config import from_yaml
+from ..config import flat_items, from_yaml
 from ..errors import ConfigError
 
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
@@ -163,10 +162,8 @@ def load(path: Path, split: str) -> Evaluated:
 
 def _setting(cfg) -> str:
     """What a run was trained with, except its seed and where it lies: runs of one config with other seeds share it."""
-    flat = OmegaConf.to_container(OmegaConf.structured(cfg))
-    flat["train"].pop("seed")
-    flat.pop("run")
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+    kept = {k: v for k, v in flat_items(cfg).items() if k != "train.seed" and not k.startswith("run.")}
+    return hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()
 
 
 def check_comparable(a: Evaluated, b: Evaluated) -> list[str]:

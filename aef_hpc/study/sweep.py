@@ -9,9 +9,7 @@ preemption like a single run.
 """
 
 import contextlib
-import fcntl
 import json
-import math
 import os
 import shlex
 import shutil
@@ -23,13 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from ..config import Config, from_yaml, load_config
+from ..config import Config, flat_items, from_yaml, load_config
 from ..engine.checkpoint import complete_checkpoints, write_atomic
 from ..errors import ConfigError, Interrupted
 from ..signals import STOP_FILE_VARIABLE
-from ..train.run_dir import FINISHED, mark_no_checkpoint, stopped_before_first_checkpoint
+from ..train.run_dir import FINISHED, is_locked, mark_no_checkpoint, stopped_before_first_checkpoint
 
 #: the sweep's own files inside its folder: job ids of submitted tasks, the tasks' argument files
 STATE = ".sweep"
@@ -118,7 +114,7 @@ def _state(folder: Path, expected: Config) -> str:
         return "new"
     if not folder.is_dir():
         raise ConfigError(f"{folder} is a file where the sweep puts a run folder: move it away")
-    if _locked(folder):
+    if is_locked(folder):
         return "running"
     if (folder / "config.yaml").is_file():
         _check_same_config(folder, expected)
@@ -131,46 +127,19 @@ def _state(folder: Path, expected: Config) -> str:
     raise ConfigError(f"{folder} is not a run folder (no config.yaml): move it away or choose another --out")
 
 
-def _locked(folder: Path) -> bool:
-    """A training process holds the run folder's lock (``run_dir.lock_run``)."""
-    if not (folder / ".lock").is_file():
-        return False
-    try:
-        handle = open(folder / ".lock")
-    except OSError:  # unreadable: nobody's lock this process can see
-        return False
-    with handle:
-        try:  # a shared lock conflicts with the training's exclusive one
-            fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.lockf(handle, fcntl.LOCK_UN)
-    return False
-
-
-def _flat(cfg: Config) -> dict:
-    def walk(node, prefix=""):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(walk(OmegaConf.to_container(OmegaConf.structured(cfg))))
-
-
 def _check_same_config(folder: Path, expected: Config) -> None:
     """A run folder trained with other settings than the sweep's now is refused: its results would be mislabelled."""
-    held = _flat(from_yaml((folder / "config.yaml").read_text(), where=str(folder / "config.yaml")))
+    held = flat_items(from_yaml((folder / "config.yaml").read_text(), where=str(folder / "config.yaml")))
     # null: filled in by the run (the image shape and bit depth read from the data); where the folder lies is no
     # setting (a sweep folder moved or mounted elsewhere keeps its runs)
-    differ = [k for k, v in _flat(expected).items()
+    wanted = flat_items(expected)
+    differ = [k for k, v in wanted.items()
               if v is not None and k not in ("run.out_dir", "run.name") and held.get(k) != v]  # fmt: skip
     if differ:
         key = differ[0]
         raise ConfigError(
             f"{folder} was trained with {key}={held.get(key)!r} but the sweep now gives {key}="
-            f"{_flat(expected)[key]!r}{f' (and {len(differ) - 1} more keys)' if len(differ) > 1 else ''}: use "
+            f"{wanted[key]!r}{f' (and {len(differ) - 1} more keys)' if len(differ) > 1 else ''}: use "
             "another --out for other settings, or the overrides the sweep was started with"
         )
 
@@ -192,7 +161,7 @@ def to_run(runs: list[SweepRun]) -> list[SweepRun]:
 def _prepare(run: SweepRun) -> bool:
     """Just before a run starts: ``False`` if another process has started training it since the plan was made;
     a run that died before its first checkpoint is marked so that ``--resume`` starts it over (its logs go)."""
-    if _locked(run.folder):
+    if is_locked(run.folder):
         run.state = "running"
         return False
     if run.state == "restart":
@@ -371,7 +340,7 @@ def submit_array(runs: list[SweepRun], overrides: list[str], out: Path, sbatch_a
 def check_parallel(parallel: int, nproc: int) -> None:
     if not 1 <= parallel <= 1024 or not 1 <= nproc <= 1024:
         raise ConfigError(f"--parallel {parallel} and --nproc {nproc} must be 1 to 1024")
-    if math.prod((parallel, nproc)) > 4 * (os.cpu_count() or 1):
+    if parallel * nproc > 4 * (os.cpu_count() or 1):
         raise ConfigError(
             f"--parallel {parallel} x --nproc {nproc} processes on {os.cpu_count()} CPUs: lower them "
             "(or use --executor slurm)"

@@ -119,6 +119,21 @@ def lock_run(run_dir: Path):
     return handle
 
 
+def is_locked(run_dir: Path) -> bool:
+    """A training process holds ``run_dir``'s lock (``lock_run``); only probed, never taken."""
+    try:
+        handle = open(run_dir / ".lock")
+    except OSError:  # none, or unreadable: no lock this process can see
+        return False
+    with handle:
+        try:  # a shared lock conflicts with the training's exclusive one
+            fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+    return False
+
+
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
