@@ -148,3 +148,18 @@ def test_a_real_sweep_compared_from_its_folder(local_sweep, tmp_path, capsys):
         assert abs(float(rows[name]["diff_bits_per_dim"]) - (own - base)) < 1e-9
         assert int(rows[name]["paired_images"]) == 64
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_data_fingerprint_changes_with_any_pixel_and_only_then(tmp_path):
+    from aef_hpc.data import ShardSource, TensorSource, load_embedded, write_shards
+
+    splits = load_embedded("digits", 0.1, 0.2, 3)
+    same = TensorSource(load_embedded("digits", 0.1, 0.2, 3))
+    assert TensorSource(splits).fingerprint("test") == same.fingerprint("test") != same.fingerprint("val")
+    splits.test[0, 0, 0, 0] += 1
+    assert TensorSource(splits).fingerprint("test") != same.fingerprint("test"), "one pixel changed"
+    prints = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):  # b: a written again; c: another split and order
+        write_shards("digits", tmp_path / name, seed=seed, progress=False)
+        prints[name] = ShardSource(str(tmp_path / name)).fingerprint("test")
+    assert prints["a"] == prints["b"] != prints["c"]
