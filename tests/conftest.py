@@ -42,11 +42,19 @@ def float32_default():
 @pytest.fixture(scope="session")
 def local_sweep(tmp_path_factory):
     """A real 2 configs x 2 seeds sweep, run here one after another (``aef-hpc sweep``; shared by the SLURM test,
-    whose job array must reproduce it bit for bit)."""
+    whose job array must reproduce it bit for bit). Under pytest-xdist the first worker to ask runs it in the
+    folder all workers share, under a file lock; the others wait for it and read it (it is never modified)."""
+    from filelock import FileLock
     from sweep_helpers import run_sweep, sweep_configs
 
-    root = tmp_path_factory.mktemp("sweep")
-    configs = sweep_configs(root)
-    proc = run_sweep(configs, root / "local")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return configs, root / "local", proc.stdout
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "sweep"
+    said = root / "sweep-stdout.txt"
+    with FileLock(str(root) + ".lock"):
+        if not said.exists():
+            root.mkdir(exist_ok=True)
+            configs = sweep_configs(root)
+            proc = run_sweep(configs, root / "local")
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            said.write_text(proc.stdout)
+    return sorted(root.glob("*.yaml")), root / "local", said.read_text()
