@@ -264,7 +264,11 @@ def _compare(args) -> int:
 def _bench(args) -> int:
     from .writable import check_writable_file
 
-    out = args.out or f"bench/{args.what}.csv"
+    if args.vs_limit and args.what != "eval":
+        raise ConfigError(
+            f"--vs-limit is a case of `bench eval`, not of `bench {args.what}`: aef-hpc bench eval --vs-limit"
+        )
+    out = args.out or f"bench/{args.what}{'-vs-limit' if args.vs_limit else ''}.csv"
     if not args.traffic:
         check_writable_file(out, "--out")  # before the benchmark runs, not after it
     if args.what == "kernels":
@@ -284,7 +288,8 @@ def _bench(args) -> int:
         print(f"wrote {out} and {plot}")
         return 0
     if args.what in ("eval", "scale", "train"):  # each module: run(out) -> rows, table(rows) -> text
-        bench = importlib.import_module(f".bench.{args.what}", __package__)
+        module = "limit" if args.vs_limit else args.what
+        bench = importlib.import_module(f".bench.{module}", __package__)
         print(bench.table(bench.run(out)))
         print(f"wrote {out}")
         return 0
@@ -458,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="kernels: print the bytes per element each op moves (Triton, eager, minimum) as a markdown table, "
         "measured under Triton's CPU interpreter; times nothing",
+    )
+    bench.add_argument(
+        "--vs-limit",
+        action="store_true",
+        help="eval: GFLOP/s of training steps and evaluation batches against the same run's float32 matmul rate, "
+        "with the profile's top ops and each decoder layer alone (default --out bench/eval-vs-limit.csv)",
     )
     bench.set_defaults(func=_bench, overrides=None)
     return parser

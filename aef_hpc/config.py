@@ -118,6 +118,9 @@ class EvalConfig:
     """importance-sampling estimates averaged per image (the paper's 20 of K=128)"""
     chunk_size: int = 32
     """importance samples evaluated at once; bounds memory"""
+    precision: str = "fp32"
+    """fp32 | bf16 (opt-in autocast where bf16 is hardware: a GPU, a CPU with AMX or AVX512-BF16; ~3x faster on
+    such a CPU, NLLs a few nats per image apart: docs/benchmarks.md)"""
     batch_size: int = 256
     limit: Optional[int] = None
     """evaluate only the first this many images of the split; null: all"""
@@ -206,6 +209,7 @@ _CHOICES = {
     "engine": ("single", "ddp", "deepspeed"),
     "train.lr_schedule": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16"),
+    "eval.precision": ("fp32", "bf16"),
     "data.on_bad_shard": ("error", "skip"),
     "eval.split": ("test", "val", "train"),
 }

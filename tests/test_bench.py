@@ -123,3 +123,24 @@ def test_bench_eval_runs_on_ranks_and_its_memory_is_flat_in_k(tmp_path, capsys):
     small, large = (r["peak_mb"] for r in rows if r["kind"] == "memory")
     print(f"peak MB at K=32: {small}, at K=512: {large}")
     assert large < small + 40
+
+
+def test_bench_eval_vs_limit_rates_each_case_against_the_same_run_s_matmul_peak(tmp_path, capsys, float32_default):
+    """The utilisation benchmark itself, tiny (one model, 8 images, K=8): the peak row is 100 %, every training and
+    evaluation row has FLOPs, a rate and the profile's top ops; the default evaluation's NLLs equal the model's own
+    layout's to float32 rounding; the decoder's layers each get a row."""
+    from aef_hpc.bench import limit
+
+    rows = limit.run(tmp_path / "limit.csv", repeats=1, images=8, num_samples=8, models=("vae",))
+    assert "bench eval --vs-limit case" in capsys.readouterr().err
+    peak, *cases = rows
+    assert peak["kind"] == "peak" and peak["pct_of_peak"] == 100.0 and peak["gflop_per_s"] > 0
+    kinds = {(r["kind"], r["variant"]) for r in cases}
+    assert {("train", "fp32"), ("eval", "before"), ("eval", "fp32")} <= kinds
+    for r in (r for r in cases if r["kind"] in ("train", "eval")):
+        assert r["gflop"] > 0 and 0 < r["pct_of_peak"] and "aten::" in r["top_ops"], r
+    fp32 = next(r for r in cases if (r["kind"], r["variant"]) == ("eval", "fp32"))
+    assert float(fp32["max_abs_diff"]) <= 1.3e-6 * 28 * 28
+    layers = [r["variant"] for r in cases if r["kind"] == "layer"]
+    assert any(v.startswith("ConvTranspose2d") for v in layers) and any(v.startswith("Linear") for v in layers)
+    assert (tmp_path / "limit.csv").read_text().startswith("kind,model,variant,ms,gflop,")

@@ -5,6 +5,7 @@ import csv
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,23 @@ def test_eval_with_other_settings_never_replaces_the_final_test(tmp_path, runs, 
     other = summary_of(run, tag=f"K3x{own['repeats']}")
     assert other["num_samples"] == 3 and other["settings"]["num_samples"] == 3 and other["seed"] == 0
     assert summary_of(run, tag=f"K3x{own['repeats']}-seed2")["seed"] == 2
+
+
+def test_a_bf16_evaluation_is_opt_in_and_has_its_own_folder(tmp_path, runs, capsys, float32_default):
+    """``eval.precision=bf16`` (autocast) writes ``<ckpt>-test-bf16`` with its setting recorded; the run's own float32
+    final test stays as it was, and the two agree to bf16's precision (well under 0.05 bits/dim here)."""
+    run = tmp_path / "vae"
+    shutil.copytree(runs / "vae", run)
+    own = summary_of(run)
+    with warnings.catch_warnings():  # a CPU without bf16 instructions says it is slow: not this test's point
+        warnings.simplefilter("ignore", AEFWarning)
+        assert main(["eval", str(run), "eval.precision=bf16"]) == 0
+    assert capsys.readouterr().out.strip().endswith("-test-bf16")
+    assert summary_of(run) == own and own["settings"]["precision"] == "fp32"
+    bf16 = summary_of(run, tag="bf16")
+    assert bf16["settings"]["precision"] == "bf16" and bf16["count"] == own["count"]
+    assert bf16["bits_per_dim"] != own["bits_per_dim"]
+    assert bf16["bits_per_dim"] == pytest.approx(own["bits_per_dim"], abs=0.05)
 
 
 def test_a_low_effective_sample_size_is_one_warning_with_what_to_do(tmp_path, runs, float32_default):

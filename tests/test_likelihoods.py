@@ -141,3 +141,38 @@ def test_importance_sampling_repeats_draw_new_samples(name):
     with torch.no_grad():
         per_repeat = [log_mean_exp(model.log_importance_weights(x, 8, 8, KeyedNoise(ids, 0, 1, r))) for r in (0, 1)]
     assert torch.allclose(two, -(per_repeat[0] + per_repeat[1]).double() / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["aef-center", "aef-linear", "vae"])
+def test_evaluation_mode_moves_an_nll_by_float32_rounding_only_and_gives_the_model_back(name, float32_default):
+    """On the CPU an evaluation runs the convolutions on channels-last weights (oneDNN is faster on them): each
+    image's NLL equals the one of the model's own layout to float32 rounding (1.3e-6 per pixel term, FlagGems' base,
+    times the 784 terms), and every weight is handed back in its own layout, values untouched."""
+    from aef_hpc.evaluate.likelihood import per_image_nll, per_image_nll_as_is
+
+    torch.manual_seed(3)
+    model = build_model(name, (1, 28, 28), 4, "small", alpha=1e-6)
+    images = torch.randint(0, 256, (6, 1, 28, 28), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    with torch.no_grad():
+        model.initialize((images + 0.5) / 256)  # ActNorm: data-dependent, NLLs of a few hundred nats
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [([f"img{i}" for i in range(6)], images)]
+    with torch.no_grad():
+        own = per_image_nll_as_is(model, batches, 256, 8, 1, 8, 0, "cpu").nll
+    fast = per_image_nll(model, batches, 256, 8, 1, 8, 0, "cpu").nll
+    assert torch.isfinite(own).all() and 100 < own.abs().min() and own.abs().max() < 2000
+    assert (fast - own).abs().max() <= 1.3e-6 * 28 * 28
+    for key, value in model.state_dict().items():
+        assert value.is_contiguous() and torch.equal(value, before[key]), key
+
+
+def test_bf16_evaluation_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, float32_default):
+    from aef_hpc.errors import AEFWarning
+    from aef_hpc.evaluate import likelihood
+
+    monkeypatch.setattr(likelihood, "bf16_is_fast", lambda device: False)
+    model = two_pixel_model("vae").float()
+    batches = [(["a", "b"], torch.tensor([[[[3, 200]]], [[[40, 7]]]], dtype=torch.uint8))]
+    with pytest.warns(AEFWarning, match="eval.precision=bf16 on a CPU without bf16 instructions") as said:
+        nll = likelihood.per_image_nll(model, batches, 256, 4, 1, 4, 0, "cpu", precision="bf16").nll
+    assert len(said) == 1 and torch.isfinite(nll).all()

@@ -34,7 +34,7 @@ from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from ..process_group import on_every_rank, on_rank0, world_info
 from ..progress import Progress, counted
-from .likelihood import PerImage, first_images, limited, per_image_nll
+from .likelihood import PerImage, evaluation_mode, first_images, limited, per_image_nll
 from .restore import Trained
 
 #: the folder (inside the evaluation's) of one records file per finished shard
@@ -97,7 +97,8 @@ def proposal_std(trained: Trained, data) -> dict | None:
             dequantize(images, data.levels, gen).to(trained.device)
             for _, images in limited(data.eval_batches("val", e.batch_size, whole=True), e.proposal_images)
         ]
-        best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
+        with evaluation_mode(model, trained.device):  # in float32 whatever eval.precision: one search per weights
+            best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
         stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
         path = proposal_path(trained.checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +166,7 @@ def _settings(trained: Trained) -> dict:
         "num_samples": e.num_samples,
         "repeats": e.repeats,
         "limit": e.limit,
+        "precision": e.precision,
         "proposal_std": float(getattr(trained.model, "proposal_std", 0.0)),
         "data": repr(vars(trained.cfg.data)),
     }
@@ -194,7 +196,9 @@ def _evaluate_shards(model, data, e, levels: int, out: Path, counts: dict[str, i
     image is evaluated, so a killed evaluation loses only the shards in flight."""
     pending: dict[str, list] = {}
     for keys, images, shards in counted(data.eval_stream(e.split, e.batch_size, skip=frozenset(done)), bar):
-        result = per_image_nll(model, [(keys, images)], levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device)
+        result = per_image_nll(
+            model, [(keys, images)], levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device, e.precision
+        )
         ess = result.ess.tolist() if result.ess is not None else [None] * len(keys)
         for key, shard, nll, size in zip(keys, shards, result.nll.tolist(), ess, strict=True):
             pending.setdefault(shard, []).append((key, nll, size))
@@ -269,7 +273,9 @@ def evaluate(trained: Trained, data) -> tuple[dict, Path]:
     if e.limit is not None:  # a prefix of one stream (one rank): no shard records
         with watch(min(e.limit, data.count(e.split))) as bar:
             batches = counted(limited(data.eval_batches(e.split, e.batch_size), e.limit), bar)
-            result = per_image_nll(model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device)
+            result = per_image_nll(
+                model, batches, data.levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device, e.precision
+            )
         shards, done = [""] * len(result.keys), set()
     else:
         counts = data.shard_counts(e.split)

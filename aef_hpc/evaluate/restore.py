@@ -94,8 +94,8 @@ _NOT_TAGGED = ("split", "batch_size", "chunk_size")
 
 def settings_tag(own: Config, cfg: Config) -> str:
     """How ``cfg``'s evaluation differs from the run's own (``own``, its final test), readable: ``K1024x20``
-    (importance samples x repeats), ``seed3``, ``first100`` (``eval.limit``), ``eval-<hash>`` (other eval keys: the
-    proposal grid, FID), ``data-<hash>`` (other data); ``""``: the same."""
+    (importance samples x repeats), ``seed3``, ``first100`` (``eval.limit``), ``bf16`` (``eval.precision``),
+    ``eval-<hash>`` (other eval keys: the proposal grid, FID), ``data-<hash>`` (other data); ``""``: the same."""
     e, o = cfg.eval, own.eval
     parts = []
     if (e.num_samples, e.repeats) != (o.num_samples, o.repeats):
@@ -104,7 +104,9 @@ def settings_tag(own: Config, cfg: Config) -> str:
         parts.append(f"seed{e.seed}")
     if e.limit != o.limit:
         parts.append(f"first{e.limit}" if e.limit is not None else "all")
-    known = ("num_samples", "repeats", "seed", "limit", *_NOT_TAGGED)
+    if e.precision != o.precision:
+        parts.append(e.precision)
+    known = ("num_samples", "repeats", "seed", "limit", "precision", *_NOT_TAGGED)
     others = {k: v for k, v in vars(e).items() if k not in known and v != getattr(o, k)}
     if others:
         parts.append(f"eval-{_short_hash(others)}")
