@@ -5,7 +5,8 @@ Order (design.md): torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`
 launcher), then SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, the first host of
 ``SLURM_JOB_NODELIST``), then MPI (``mpiexec``: PMI or Open MPI variables, rendezvous through mpi4py), else one
 process. ``MASTER_ADDR``/``MASTER_PORT`` in the environment always win (emulated or multi-homed nodes). Backend:
-NCCL on CUDA, gloo on CPU; ``torch.cuda.set_device(local_rank)`` happens before anything touches CUDA.
+NCCL on CUDA, gloo on CPU (``AEF_HPC_BACKEND=gloo`` forces gloo on CUDA); ``torch.cuda.set_device(local_rank)``
+happens before anything touches CUDA.
 """
 
 import atexit
@@ -187,8 +188,15 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
+def backend_for(device: torch.device, env: Mapping[str, str] | None = None) -> str:
+    """NCCL on CUDA, gloo on the CPU; ``AEF_HPC_BACKEND=gloo`` takes gloo on CUDA too (several ranks on one GPU,
+    which NCCL refuses: ``scripts/gpu_check.sh``)."""
+    forced = (os.environ if env is None else env).get("AEF_HPC_BACKEND", "")
+    if forced not in ("", "gloo", "nccl"):
+        raise DistributedError(f"AEF_HPC_BACKEND={forced!r} is unknown: use gloo or nccl, or leave it unset")
+    if forced == "nccl" and device.type != "cuda":
+        raise DistributedError("AEF_HPC_BACKEND=nccl needs train.device=cuda: NCCL has no CPU collectives")
+    return forced or ("nccl" if device.type == "cuda" else "gloo")
 
 
 def check_devices(info: ProcessInfo, device: torch.device, env: Mapping[str, str] | None = None) -> None:

@@ -150,3 +150,15 @@ def test_keyed_noise_depends_on_the_sample_not_its_position():
     assert 0 <= u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
     assert abs(torch.corrcoef(torch.stack([u[:, 0], u[:, 1]]))[0, 1].item()) < 0.1
+
+
+def test_the_backend_is_nccl_on_cuda_gloo_on_the_cpu_and_aef_hpc_backend_forces_gloo():
+    from aef_hpc.process_group import backend_for
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert backend_for(cuda, {}) == "nccl" and backend_for(cpu, {}) == "gloo"
+    assert backend_for(cuda, {"AEF_HPC_BACKEND": "gloo"}) == "gloo"  # two ranks on one GPU (scripts/gpu_check.sh)
+    with pytest.raises(DistributedError, match="AEF_HPC_BACKEND='mpi' is unknown: use gloo or nccl"):
+        backend_for(cuda, {"AEF_HPC_BACKEND": "mpi"})
+    with pytest.raises(DistributedError, match="AEF_HPC_BACKEND=nccl needs train.device=cuda"):
+        backend_for(cpu, {"AEF_HPC_BACKEND": "nccl"})
