@@ -22,6 +22,8 @@ class ModelConfig:
     architecture: str = "small"
     """small (two convs, H and W divisible by 4) | big (VDVAE-like, square power of two) | mlp (any shape)"""
     latent_dim: int = 2
+    width: Optional[int] = None
+    """big: channel width of the blocks; null: latent_dim (the paper's). Parameters grow as ~39 width² at 8×8"""
     decoder_variance: str = "independent"
     """fixed | independent | dependent"""
     prior_flow: str = "none"

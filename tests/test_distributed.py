@@ -29,8 +29,11 @@ from tests.helpers import aef_hpc_exe
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 #: 20 steps of aef-center, 16 images per rank: the global batch of one process with 32
+#: data.val_fraction=0.05: the 89 validation images are one pseudo-shard, all rank 0's (3 batches of 32), none
+#: rank 1's: ZeRO-3, whose forward gathers parameters from every rank, must validate in lockstep or hang
 COMMON = ["model.name=aef-center", "train.steps=20", "train.val_every=10", "train.log_every=1", "eval.limit=64",
-          "eval.grid_samples=4", "train.device=cpu", "--no-progress"]  # fmt: skip
+          "eval.grid_samples=4", "eval.batch_size=32", "data.val_fraction=0.05", "train.device=cpu",
+          "--no-progress"]  # fmt: skip
 ENGINES = {name: engine_overrides(name) for name in ("ddp", "zero0", "zero1", "zero2", "zero3")}
 
 
@@ -48,6 +51,10 @@ def launch(command: list[str], **env) -> subprocess.CompletedProcess:
 def train_losses(run_dir: Path) -> dict[int, float]:
     rows = read_metrics(run_dir)
     return {int(r["step"]): float(r["value"]) for r in rows if r["metric"] == "nll" and r["split"] == "train"}
+
+
+def val_losses(run_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["value"]) for r in read_metrics(run_dir) if r["split"] == "val"}
 
 
 def assert_same_losses(run_dir: Path, reference: dict[int, float], rtol: float = 1e-4) -> None:
@@ -83,6 +90,9 @@ def two_rank_run(runs: Path, engine: str) -> Path:
 def test_two_torchrun_ranks_train_like_one_process(runs, single, engine):
     run = two_rank_run(runs, engine)
     assert_same_losses(run, single)
+    val, one = val_losses(run), val_losses(runs / "single")
+    assert sorted(val) == sorted(one) == [10, 20]  # validated on shares of 3 and 0 batches, like one process
+    assert all(abs(val[s] - one[s]) < 1e-4 * abs(one[s]) for s in val), (val, one)
     assert json.loads((run / "env.json").read_text())[-1]["world_size"] == 2
 
 

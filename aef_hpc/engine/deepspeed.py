@@ -248,6 +248,11 @@ class DeepSpeedEngine:
     def loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         return self.engine(x, noise)
 
+    @property
+    def forward_is_collective(self) -> bool:
+        """ZeRO-3 gathers each layer's parameters from every rank in the forward: all ranks must run it together."""
+        return self.stage == 3
+
     def eval_loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """Validation in float32, outside DeepSpeed's autocast (ZeRO-3's gathering hooks sit on the module)."""
         return self.engine.module(x, noise).float()

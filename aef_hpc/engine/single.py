@@ -70,6 +70,9 @@ class SingleEngine:
     def _call(self, x: torch.Tensor, noise) -> torch.Tensor:
         return self._forward(x, noise)
 
+    #: whether a forward needs every rank (ZeRO-3); DDP's evaluation forward runs the plain module
+    forward_is_collective = False
+
     def eval_loss(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """The objective outside training (validation): the plain model in float32."""
         return self.model.loss(x, noise)

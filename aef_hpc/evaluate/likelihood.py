@@ -117,13 +117,26 @@ def per_image_nll_as_is(model, batches, levels, num_samples, repeats, chunk_size
 
 
 @torch.no_grad()
-def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device) -> float:
+def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device, idle: torch.Tensor | None = None) -> float:
     """``loss_fn(x, noise)`` (a model's objective, in eval mode) averaged over every image of ``batches``, and over
     every rank's share when a process group is joined (validation). Each image's dequantization noise is keyed by
     ``(seed, its key)``, and so are a stochastic objective's posterior draws: the same value on any number of
-    ranks."""
+    ranks. ``idle`` (ZeRO-3, whose every forward gathers parameters from all ranks): the ranks go batch by batch
+    together, and a rank whose share is done runs ``loss_fn`` on ``idle`` (an image batch, the result dropped) while
+    another still has a batch, so no rank waits in a gather that the others never join."""
+    lockstep = idle is not None and dist.is_available() and dist.is_initialized()
     total = torch.zeros(2, dtype=torch.float64)  # the sum of the objective, the image count
-    for keys, images in batches:
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if lockstep and not _any_rank(batch is not None):
+            break
+        if batch is None and lockstep:
+            loss_fn(idle.to(device), model_noise(torch.zeros(len(idle), dtype=torch.int64, device=device), seed))
+            continue
+        if batch is None:
+            break
+        keys, images = batch
         ids = torch.tensor([sample_id(k) for k in keys], device=device)
         x = dequantize_keyed(images.to(device), levels, ids, seed)
         total[0] += loss_fn(x, model_noise(ids, seed)).double().sum().cpu()
@@ -133,6 +146,13 @@ def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device) -> flo
         dist.all_reduce(reduced)
         total = reduced.cpu()
     return (total[0] / max(total[1].item(), 1)).item()
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank of the process group."""
+    reduced = torch.tensor([int(flag)], device=collective_device())
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return bool(reduced.item())
 
 
 def first_images(batches: Iterable, n: int) -> torch.Tensor:

@@ -32,7 +32,8 @@ def build_model(
 
     ``posterior_flow`` is the core flow ``g`` of an AEF and the posterior flow of a VAE; both flows are kinds of
     ``aef_hpc.flows.FLOWS`` (none | maf | iaf | realnvp). ``options`` may hold ``flow_hidden`` (256), ``flow_layers``
-    (4), ``flow_blocks`` (2), the network widths ``hidden_channels`` (small) or ``hidden`` (mlp), ``proposal_std``
+    (4), ``flow_blocks`` (2), the network widths ``hidden_channels`` (small), ``width`` (big) or ``hidden`` (mlp),
+    ``proposal_std``
     (aef-linear) and ``num_samples`` (iwae).
     Raises ``ModelError`` for unknown names and impossible combinations.
     """
@@ -57,7 +58,7 @@ def build_model(
             f"latent_dim={latent_dim} is larger than the image ({math.prod(shape)} values): an AEF's latent is at most "
             "the image's size"
         )
-    for key in ("flow_hidden", "flow_layers", "flow_blocks", "hidden", "hidden_channels"):
+    for key in ("flow_hidden", "flow_layers", "flow_blocks", "hidden", "hidden_channels", "width"):
         value = options.get(key)
         low = 0 if key == "flow_blocks" else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):

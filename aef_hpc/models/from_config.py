@@ -11,6 +11,8 @@ def model_from_config(cfg: ModelConfig, image_shape) -> GenerativeAutoencoder:
         extra["proposal_std"] = cfg.proposal_std
     if cfg.name == "iwae":
         extra["num_samples"] = cfg.iwae_samples
+    if cfg.width is not None:
+        extra["width"] = cfg.width
     return build_model(
         cfg.name,
         tuple(image_shape),

@@ -12,12 +12,14 @@ ARCHITECTURES = ("small", "big", "mlp")
 def build_networks(
     architecture: str, image_shape, latent_dim: int, variance: str, **options
 ) -> tuple[Encoder, Decoder]:
-    """Return ``(encoder, decoder)``; ``options`` are ``hidden_channels`` (small) or ``hidden`` (mlp)."""
+    """Return ``(encoder, decoder)``; ``options`` are ``hidden_channels`` (small), ``width`` (big; ``None``: the
+    latent dim) or ``hidden`` (mlp)."""
     if architecture == "small":
         width = {"hidden_channels": options.pop("hidden_channels", 64)}
         pair = SmallEncoder(image_shape, latent_dim, **width), SmallDecoder(image_shape, latent_dim, variance, **width)
     elif architecture == "big":
-        pair = BigEncoder(image_shape, latent_dim), BigDecoder(image_shape, latent_dim, variance)
+        width = {"width": options.pop("width", None)}
+        pair = BigEncoder(image_shape, latent_dim, **width), BigDecoder(image_shape, latent_dim, variance, **width)
     elif architecture == "mlp":
         width = {"hidden": options.pop("hidden", 128)}
         pair = MLPEncoder(image_shape, latent_dim, **width), MLPDecoder(image_shape, latent_dim, variance, **width)

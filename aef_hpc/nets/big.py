@@ -1,4 +1,6 @@
-"""The "big" VDVAE-like encoder/decoder of method.md §2.2, channel width = latent dim d.
+"""The "big" VDVAE-like encoder/decoder of method.md §2.2, channel width = latent dim d (the paper's), or a width
+``w`` of its own (``model.width``: a model larger than one process for ZeRO-3; a 1×1 convolution d → w starts the
+decoder, the encoder's last block ends at 2d as before).
 
 Block strings are generated for any square power-of-two resolution from 8 to 256: the encoder halves the
 resolution down to 4, pools 4 → 1 and ends in a non-residual d → 2d block; the decoder mirrors it with
@@ -97,13 +99,14 @@ def _blocks(spec: str, width: int, final_out: int) -> tuple[list, nn.ModuleList]
 
 
 class BigEncoder(Encoder):
-    """3×3 conv C → d, residual blocks with average pooling, last block d → 2d at 1×1."""
+    """3×3 conv C → w, residual blocks with average pooling, last block w → 2d at 1×1 (w = d by default)."""
 
-    def __init__(self, image_shape, latent_dim: int):
+    def __init__(self, image_shape, latent_dim: int, width: int | None = None):
         super().__init__()
         res = check_big_shape(image_shape)
-        self.in_conv = nn.Conv2d(image_shape[0], latent_dim, 3, padding=1)
-        self.layout, self.blocks = _blocks(encoder_block_string(res), latent_dim, 2 * latent_dim)
+        width = width or latent_dim
+        self.in_conv = nn.Conv2d(image_shape[0], width, 3, padding=1)
+        self.layout, self.blocks = _blocks(encoder_block_string(res), width, 2 * latent_dim)
 
     def heads(self, y):
         h = self.in_conv(y)
@@ -116,18 +119,23 @@ class BigEncoder(Encoder):
 
 
 class BigDecoder(Decoder):
-    """z as d×1×1, residual blocks with nearest upsampling, per-channel gain and bias, 1×1 conv d → C or 2C."""
+    """z as d×1×1 (1×1 conv d → w when w ≠ d), residual blocks with nearest upsampling, per-channel gain and bias,
+    1×1 conv w → C or 2C (w = d by default)."""
 
-    def __init__(self, image_shape, latent_dim: int, variance: str):
+    def __init__(self, image_shape, latent_dim: int, variance: str, width: int | None = None):
         super().__init__(image_shape, variance, independent_init=1.0)
         res = check_big_shape(image_shape)
-        self.layout, self.blocks = _blocks(decoder_block_string(res), latent_dim, latent_dim)
-        self.gain = nn.Parameter(torch.ones(1, latent_dim, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(1, latent_dim, 1, 1))
-        self.out_conv = nn.Conv2d(latent_dim, self.out_channels, 1)
+        width = width or latent_dim
+        self.in_conv = nn.Conv2d(latent_dim, width, 1) if width != latent_dim else None
+        self.layout, self.blocks = _blocks(decoder_block_string(res), width, width)
+        self.gain = nn.Parameter(torch.ones(1, width, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, width, 1, 1))
+        self.out_conv = nn.Conv2d(width, self.out_channels, 1)
 
     def trunk(self, z):
         h = z[:, :, None, None]
+        if self.in_conv is not None:
+            h = self.in_conv(h)
         for (res, kind, arg), block in zip(self.layout, self.blocks, strict=True):
             if kind == "m":
                 h = F.interpolate(h, scale_factor=res // arg, mode="nearest")

@@ -427,7 +427,8 @@ def _validate_and_checkpoint(tr: Training, step: int, bar: Progress) -> None:
     with tr.ema.applied() if tr.ema is not None else contextlib.nullcontext():
         tr.model.eval()
         batches = tr.data.eval_batches("val", tr.cfg.eval.batch_size)
-        val = mean_loss(tr.engine.eval_loss, batches, tr.data.levels, tr.cfg.eval.seed, tr.device)
+        idle = torch.full((1, *tr.model.image_shape), 0.5) if tr.engine.forward_is_collective else None
+        val = mean_loss(tr.engine.eval_loss, batches, tr.data.levels, tr.cfg.eval.seed, tr.device, idle)
     tr.log.log(step, "val", objective, val)
     state.last_val = {objective: val}
     bar.show(val=f"{val:.2f}")
