@@ -81,3 +81,21 @@ def test_unknown_variance_and_option():
         build_networks("mlp", (1, 2, 2), 1, "learned")
     with pytest.raises(ModelError, match="unknown option"):
         build_networks("mlp", (1, 2, 2), 1, "fixed", width=3)
+
+
+def test_a_big_network_of_its_own_width_keeps_the_latent_heads_and_the_default_is_the_paper_s():
+    """``width`` widens the blocks only: the encoder still ends at 2d (mu, sigma), the decoder starts from d (a 1x1
+    conv d -> w) and ends at the image; no width is the paper's nets (width = d, no extra conv)."""
+    paper_enc, paper_dec = build_networks("big", (1, 8, 8), 4, "independent")
+    same_enc, same_dec = build_networks("big", (1, 8, 8), 4, "independent", width=4)
+    count = lambda *nets: sum(p.numel() for net in nets for p in net.parameters())  # noqa: E731
+    assert paper_dec.in_conv is None and count(paper_enc, paper_dec) == count(same_enc, same_dec)
+    enc, dec = build_networks("big", (1, 8, 8), 4, "dependent", width=32)
+    assert enc.in_conv.out_channels == 32 and dec.in_conv.in_channels == 4 and dec.in_conv.out_channels == 32
+    mu, sigma = enc(torch.rand(3, 1, 8, 8))
+    assert mu.shape == sigma.shape == (3, 4)
+    mean, scale = dec(torch.randn(3, 4))
+    assert mean.shape == scale.shape == (3, 1, 8, 8)
+    assert count(enc, dec) > 30 * count(paper_enc, paper_dec)
+    with pytest.raises(ModelError, match="unknown option"):
+        build_networks("small", (1, 8, 8), 4, "independent", width=32)
