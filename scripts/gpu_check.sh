@@ -99,7 +99,7 @@ from aef_hpc.bench import limit
 print(limit.table(limit.run('$out/eval-vs-limit.csv', $limit_args)))"
 
 # two training processes on this one device: DDP, then ZeRO-3; NCCL refuses two ranks on one GPU, gloo then
-train_args=(--config configs/digits_aef_linear.yaml train.steps=4 train.val_every=2 train.log_every=1 eval.limit=32
+train_args=(--config configs/digits_aef_linear.yaml train.steps=2 train.val_every=2 train.log_every=1 eval.limit=16
   eval.num_samples=8 eval.repeats=1 eval.grid_samples=4 "train.device=$device" "run.out_dir=$out/runs" --no-progress)
 for engine in ddp zero3; do
   extra=(engine=ddp)
