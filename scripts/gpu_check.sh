@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a machine with one CUDA GPU (under 8 minutes): the kernel tests on the GPU;
+# The GPU check, in one call on a machine with one CUDA GPU (about 5 minutes expected; the step limits add up to
+# 9.5 minutes, under a lent device's 10-minute command limit): the kernel tests on the GPU;
 # `aef-hpc bench kernels` (each op against eager and torch.compile, the copy bandwidth of the same run); `bench train`
 # of the big nets with the fused kernels on and off; `bench eval --vs-limit`; a 2-process DDP and ZeRO-3 training run
-# on the one GPU (NCCL, or gloo where NCCL refuses two ranks on one device, said in the summary). Every CSV, run
+# (NCCL with 2 GPUs or more; on one GPU, which NCCL refuses to two ranks, gloo, said in the summary). Every CSV, run
 # folder and log goes under one folder; a step that fails or overruns is reported and the next one still runs.
 # Record the numbers in docs/benchmarks.md.
 #
@@ -14,12 +15,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 smoke=false
-if [ "${1:-}" = --cpu-smoke ]; then
-  smoke=true
-  shift
-fi
-case "${1:-}" in -*) echo "gpu_check: unknown option $1: use --cpu-smoke or an output folder" >&2; exit 2 ;; esac
-out=${1:-bench/gpu-check-$(date +%Y%m%d-%H%M%S)}
+out=
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-smoke) smoke=true ;;
+    -*) echo "gpu_check: unknown option $arg: use --cpu-smoke or an output folder" >&2; exit 2 ;;
+    *) [ -z "$out" ] || { echo "gpu_check: one output folder, not $out and $arg" >&2; exit 2; }; out=$arg ;;
+  esac
+done
+out=${out:-bench/gpu-check-$(date +%Y%m%d-%H%M%S)}
 python=${PYTHON:-.venv/bin/python}
 [ -x "$python" ] || python=python3
 if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
@@ -39,8 +43,10 @@ fi
 mkdir -p "$out" || { echo "gpu_check: cannot create $out" >&2; exit 2; }
 
 status=()
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAME.log, note the exit status
+step() {  # step NAME SECONDS COMMAND...: run with a time limit (x3 in the smoke: a loaded CI machine), log to
+  # $out/NAME.log, note the exit status
   local name=$1 limit=$2
+  $smoke && limit=$((limit * 3))
   shift 2
   local start=$SECONDS
   echo "== $name (limit ${limit}s)"
@@ -62,16 +68,17 @@ note=
 } | tee "$out/environment.txt"
 
 if $smoke; then
-  step kernel_tests 120 "$python" -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+  step kernel_tests 40 "$python" -m pytest -q -p no:cacheprovider tests/test_kernels.py \
     -k "test_interpreter_path_is_really_taken or test_unknown_kernel_mode"
-  step bench_kernels 120 "$python" -m aef_hpc.cli bench kernels --cpu-smoke --out "$out/kernels.csv"
+  step bench_kernels 40 "$python" -m aef_hpc.cli bench kernels --cpu-smoke --out "$out/kernels.csv"
 else
   workers=()
   "$python" -c 'import xdist' 2>/dev/null && workers=(-n 8)  # compiles dominate: spread them over processes
-  step kernel_tests 240 "$python" -m pytest -q -p no:cacheprovider --device cuda "${workers[@]}" tests/test_kernels.py
+  step kernel_tests 150 "$python" -m pytest -q -p no:cacheprovider --device cuda ${workers[@]+"${workers[@]}"} \
+    tests/test_kernels.py
   sizes='{"784": 784, "3x64x64": 3 * 64 * 64}'
   [ "${SIZES:-}" = all ] && sizes='None'
-  step bench_kernels 240 "$python" -c "
+  step bench_kernels 150 "$python" -c "
 from aef_hpc.bench import kernels as k
 sizes = $sizes
 rows = k.run('$out/kernels.csv', '$out/kernels.png', **({} if sizes is None else {'sizes': sizes}))
@@ -84,7 +91,7 @@ case_args='cases=("big",), modes=("eager",)'
 modes='("triton", "eager")'
 $smoke && case_args='cases=("small",), modes=("eager",), models=("aef-linear",), warmup=0, repeats=1, batch=4' \
   && modes='("eager",)'
-step bench_train 150 "$python" -c "
+step bench_train 90 "$python" -c "
 from kernels import use_kernels
 from aef_hpc.bench import train
 for mode in $modes:
@@ -94,27 +101,28 @@ for mode in $modes:
 
 limit_args=''
 $smoke && limit_args='repeats=1, images=4, num_samples=4, models=("vae",)'
-step bench_eval_vs_limit 90 "$python" -c "
+step bench_eval_vs_limit 60 "$python" -c "
 from aef_hpc.bench import limit
 print(limit.table(limit.run('$out/eval-vs-limit.csv', $limit_args)))"
 
-# two training processes on this one device: DDP, then ZeRO-3; NCCL refuses two ranks on one GPU, gloo then
+# two training processes on this machine: DDP, then ZeRO-3; on one GPU (NCCL refuses two ranks on one device) gloo
+backend=()
+if ! $smoke && [ "$("$python" -c 'import torch; print(torch.cuda.device_count())')" -lt 2 ]; then
+  backend=(AEF_HPC_BACKEND=gloo)
+  note="one GPU: gloo, not NCCL"
+fi
 train_args=(--config configs/digits_aef_linear.yaml train.steps=2 train.val_every=2 train.log_every=1 eval.limit=16
   eval.num_samples=8 eval.repeats=1 eval.grid_samples=4 "train.device=$device" "run.out_dir=$out/runs" --no-progress)
 for engine in ddp zero3; do
   extra=(engine=ddp)
   [ $engine = zero3 ] && extra=(engine=deepspeed deepspeed.config=configs/deepspeed/zero3.yaml)
-  if $smoke; then
-    step "train_2ranks_$engine" 120 env NPROC=2 launchers/local.sh "${train_args[@]}" "${extra[@]}" "run.name=$engine"
-  elif ! step "train_2ranks_${engine}_nccl" 120 env NPROC=2 launchers/local.sh "${train_args[@]}" "${extra[@]}" \
-      "run.name=$engine-nccl"; then
-    note="NCCL failed (see train_2ranks_${engine}_nccl.log): gloo on the GPU instead"
-    step "train_2ranks_${engine}_gloo" 120 env NPROC=2 AEF_HPC_BACKEND=gloo launchers/local.sh "${train_args[@]}" \
-      "${extra[@]}" "run.name=$engine-gloo"
-  fi
+  kept_note=$note
+  step "train_2ranks_$engine" 60 env NPROC=2 ${backend[@]+"${backend[@]}"} launchers/local.sh "${train_args[@]}" \
+    "${extra[@]}" "run.name=$engine"
+  note=$kept_note
 done
+note=
 
 echo "== summary ($out)"
 printf '%s\n' "${status[@]}" | tee "$out/summary.txt"
-# a failed NCCL step followed by a gloo step that passed is a pass, said so in the summary
-! grep -v ': exit 0 in' "$out/summary.txt" | grep -v '_nccl: exit' | grep -q .
+! grep -q -v ': exit 0 in' "$out/summary.txt"

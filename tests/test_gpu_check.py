@@ -39,7 +39,9 @@ def test_the_cpu_smoke_runs_every_step_and_writes_every_csv_under_one_folder(tmp
 
 def test_it_refuses_a_folder_with_results_and_an_unknown_option(tmp_path):
     (tmp_path / "kept.csv").write_text("a result")
-    for args, said in (([str(tmp_path)], "exists and is not empty"), (["--gpu"], "unknown option --gpu")):
+    cases = (([str(tmp_path)], "exists and is not empty"), (["--gpu"], "unknown option --gpu"),
+             ([str(tmp_path / "a"), str(tmp_path / "b")], "one output folder"))  # fmt: skip
+    for args, said in cases:
         proc = subprocess.run(["bash", str(SCRIPT), "--cpu-smoke", *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["kept.csv"]

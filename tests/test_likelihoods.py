@@ -164,6 +164,10 @@ def test_evaluation_mode_moves_an_nll_by_float32_rounding_only_and_gives_the_mod
     assert (fast - own).abs().max() <= 1.3e-6 * 28 * 28
     for key, value in model.state_dict().items():
         assert value.is_contiguous() and torch.equal(value, before[key]), key
+    model.to(memory_format=torch.channels_last)  # a model kept channels-last by its user stays so, storage and all
+    kept = [(p, p.data_ptr(), p.stride()) for p in model.parameters() if p.dim() == 4]
+    assert (per_image_nll(model, batches, 256, 8, 1, 8, 0, "cpu").nll - own).abs().max() <= 1.3e-6 * 28 * 28
+    assert kept and all(p.data_ptr() == ptr and p.stride() == stride for p, ptr, stride in kept)
 
 
 def test_bf16_evaluation_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, float32_default):

@@ -97,5 +97,6 @@ def test_a_big_network_of_its_own_width_keeps_the_latent_heads_and_the_default_i
     mean, scale = dec(torch.randn(3, 4))
     assert mean.shape == scale.shape == (3, 1, 8, 8)
     assert count(enc, dec) > 30 * count(paper_enc, paper_dec)
+    assert not build_networks("big", (1, 8, 8), 4, "independent", width=8)[0].blocks[-1].residual  # even at 2d
     with pytest.raises(ModelError, match="unknown option"):
         build_networks("small", (1, 8, 8), 4, "independent", width=32)

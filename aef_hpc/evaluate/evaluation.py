@@ -34,7 +34,7 @@ from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from ..process_group import on_every_rank, on_rank0, world_info
 from ..progress import Progress, counted
-from .likelihood import PerImage, evaluation_mode, first_images, limited, per_image_nll
+from .likelihood import PerImage, evaluation_mode, first_images, limited, per_image_nll, per_image_nll_as_is
 from .restore import Trained
 
 #: the folder (inside the evaluation's) of one records file per finished shard
@@ -166,7 +166,7 @@ def _settings(trained: Trained) -> dict:
         "num_samples": e.num_samples,
         "repeats": e.repeats,
         "limit": e.limit,
-        "precision": e.precision,
+        **({"precision": e.precision} if e.precision != "fp32" else {}),  # float32 records of before it stay valid
         "proposal_std": float(getattr(trained.model, "proposal_std", 0.0)),
         "data": repr(vars(trained.cfg.data)),
     }
@@ -195,16 +195,18 @@ def _evaluate_shards(model, data, e, levels: int, out: Path, counts: dict[str, i
     """This rank's share of the unfinished shards; each shard's records are written (atomically) when its last
     image is evaluated, so a killed evaluation loses only the shards in flight."""
     pending: dict[str, list] = {}
-    for keys, images, shards in counted(data.eval_stream(e.split, e.batch_size, skip=frozenset(done)), bar):
-        result = per_image_nll(
-            model, [(keys, images)], levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device, e.precision
-        )
-        ess = result.ess.tolist() if result.ess is not None else [None] * len(keys)
-        for key, shard, nll, size in zip(keys, shards, result.nll.tolist(), ess, strict=True):
-            pending.setdefault(shard, []).append((key, nll, size))
-        for shard in set(shards):
-            if len(pending[shard]) == counts[shard]:
-                _write_csv(out / RECORDS / f"{shard}.csv", ["key", "nll_nats", "ess"], pending.pop(shard))
+    batches = counted(data.eval_stream(e.split, e.batch_size, skip=frozenset(done)), bar)
+    with evaluation_mode(model, device, e.precision):  # once for the whole stream, not once per batch
+        for keys, images, shards in batches:
+            result = per_image_nll_as_is(
+                model, [(keys, images)], levels, e.num_samples, e.repeats, e.chunk_size, e.seed, device
+            )
+            ess = result.ess.tolist() if result.ess is not None else [None] * len(keys)
+            for key, shard, nll, size in zip(keys, shards, result.nll.tolist(), ess, strict=True):
+                pending.setdefault(shard, []).append((key, nll, size))
+            for shard in set(shards):
+                if len(pending[shard]) == counts[shard]:
+                    _write_csv(out / RECORDS / f"{shard}.csv", ["key", "nll_nats", "ess"], pending.pop(shard))
     if pending:
         shard, rows = next(iter(pending.items()))
         raise DataError(f"{e.split} shard {shard}: delivered {len(rows)} of its {counts[shard]} samples")

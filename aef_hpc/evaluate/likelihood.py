@@ -38,10 +38,10 @@ def limited(batches: Iterable, limit: int | None):
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast runs on bf16 hardware: a GPU, or a CPU with AMX or AVX512-BF16 (elsewhere oneDNN
-    emulates it, slower than float32)."""
+    """Whether bf16 autocast runs on bf16 hardware: a GPU with native bf16 (Ampere and later), or a CPU with AMX or
+    AVX512-BF16 (elsewhere it is emulated, slower than float32)."""
     if device.type == "cuda":
-        return True
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -53,25 +53,26 @@ def bf16_is_fast(device: torch.device) -> bool:
 def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
     """How an evaluation runs ``model``: in eval mode without autograd; on the CPU its 4-D (convolution) weights in
     channels-last order, on which oneDNN's convolutions run ~1.25x faster (``aef-hpc bench eval --vs-limit``; the
-    values are unchanged, an image's NLL moves by float32 rounding only) and given back in their own order after;
-    ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities still add up in float32)."""
+    values are unchanged, an image's NLL moves by float32 rounding only), each weight given back as it was after
+    (nested uses convert once); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities
+    still add up in float32)."""
     if precision == "bf16" and not bf16_is_fast(device):
         warnings.warn(
-            "eval.precision=bf16 on a CPU without bf16 instructions (AMX, AVX512-BF16): oneDNN emulates it, "
-            "slower than fp32",
+            f"eval.precision=bf16 on a {'GPU' if device.type == 'cuda' else 'CPU'} without bf16 instructions "
+            "(AMX, AVX512-BF16, or a GPU of compute capability 8.0 or later): it is emulated, slower than fp32",
             AEFWarning,
             stacklevel=3,
         )
     model.eval()
-    channels_last = device.type == "cpu"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    kept = [(p, p.data) for p in model.parameters() if p.dim() == 4] if device.type == "cpu" else []
+    for p, data in kept:
+        p.data = data.contiguous(memory_format=torch.channels_last)  # no copy when it already is
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             yield model
     finally:
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
+        for p, data in kept:
+            p.data = data
 
 
 def per_image_nll(
@@ -94,8 +95,9 @@ def per_image_nll(
 
 
 def per_image_nll_as_is(model, batches, levels, num_samples, repeats, chunk_size, seed, device) -> PerImage:
-    """``per_image_nll`` with the model as the caller set it up (mode, layout, autograd, autocast): for
-    ``bench eval --vs-limit``, which measures ``evaluation_mode`` against the model's own layout."""
+    """``per_image_nll`` with the model as the caller set it up (mode, layout, autograd, autocast): inside an
+    ``evaluation_mode`` held over a whole stream, or for ``bench eval --vs-limit``, which measures that mode against
+    the model's own layout."""
     keys, nll, ess = [], [], []
     for batch_keys, images in batches:
         keys += batch_keys
@@ -123,10 +125,13 @@ def mean_loss(loss_fn, batches: Iterable, levels: int, seed: int, device, idle: 
     ``(seed, its key)``, and so are a stochastic objective's posterior draws: the same value on any number of
     ranks. ``idle`` (ZeRO-3, whose every forward gathers parameters from all ranks): the ranks go batch by batch
     together, and a rank whose share is done runs ``loss_fn`` on ``idle`` (an image batch, the result dropped) while
-    another still has a batch, so no rank waits in a gather that the others never join."""
+    another still has a batch, so no rank waits in a gather that the others never join; each rank then holds its
+    share of the split's integer images at once."""
     lockstep = idle is not None and dist.is_available() and dist.is_initialized()
     total = torch.zeros(2, dtype=torch.float64)  # the sum of the objective, the image count
-    batches = iter(batches)
+    # in lockstep the rank's share is read first (its integer images): a shard stream's own count check, a collective
+    # at its end, then runs on every rank before the first lockstep flag instead of meeting another rank's flag
+    batches = iter(list(batches) if lockstep else batches)
     while True:
         batch = next(batches, None)
         if lockstep and not _any_rank(batch is not None):

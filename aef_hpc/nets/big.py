@@ -87,13 +87,15 @@ class Block(nn.Module):
         return x + h if self.residual else h
 
 
-def _blocks(spec: str, width: int, final_out: int) -> tuple[list, nn.ModuleList]:
+def _blocks(spec: str, width: int, final_out: int | None = None) -> tuple[list, nn.ModuleList]:
+    """Blocks of ``width`` channels, all residual; with ``final_out`` the last one maps ``width -> final_out`` and is
+    not residual (the encoder's ``-> 2d``, whatever ``width`` is)."""
     layout = parse_blocks(spec)
     mid = max(1, math.floor(BOTTLENECK * width))
     scale = math.sqrt(1 / len(layout))
     blocks = nn.ModuleList()
     for i, (res, _, _) in enumerate(layout):
-        last = i == len(layout) - 1 and final_out != width
+        last = i == len(layout) - 1 and final_out is not None
         blocks.append(Block(width, mid, final_out if last else width, res > 2, not last, scale))
     return layout, blocks
 
@@ -127,7 +129,7 @@ class BigDecoder(Decoder):
         res = check_big_shape(image_shape)
         width = width or latent_dim
         self.in_conv = nn.Conv2d(latent_dim, width, 1) if width != latent_dim else None
-        self.layout, self.blocks = _blocks(decoder_block_string(res), width, width)
+        self.layout, self.blocks = _blocks(decoder_block_string(res), width)
         self.gain = nn.Parameter(torch.ones(1, width, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, width, 1, 1))
         self.out_conv = nn.Conv2d(width, self.out_channels, 1)
