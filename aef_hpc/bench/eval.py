@@ -40,7 +40,7 @@ def _model(name: str):
     return build_model(name, SHAPE, 16, "small", prior_flow=flows, posterior_flow=flows)
 
 
-def _images(n: int) -> tuple[list[str], torch.Tensor]:
+def random_images(n: int) -> tuple[list[str], torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return [f"image-{i:06d}" for i in range(n)], torch.randint(0, 256, (n, *SHAPE), generator=gen, dtype=torch.uint8)
 
@@ -55,7 +55,7 @@ def throughput_worker(name: str, images: int, num_samples: int) -> None:
 
     device = init_distributed(discover(), torch.device("cuda" if torch.cuda.is_available() else "cpu"), force=True)
     model = _model(name).to(device)
-    keys, pixels = _images(images)
+    keys, pixels = random_images(images)
     warm = dequantize_keyed(pixels[:32], 256, torch.tensor([sample_id(k) for k in keys[:32]]), 0).to(device)
     model.initialize(warm)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -79,7 +79,7 @@ def memory_worker(num_samples: int) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _model("aef-linear").to(device)
-    keys, pixels = _images(32)
+    keys, pixels = random_images(32)
     model.initialize((pixels.float() + 0.5).to(device) / 256)
     per_image_nll(model, [(keys[:2], pixels[:2])], 256, CHUNK, 1, CHUNK, 0, device)  # allocator warm-up
     if device.type == "cuda":

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..data import dequantize
 from ..evaluate.likelihood import bf16_is_fast, evaluation_mode, per_image_nll, per_image_nll_as_is
 from ..progress import Progress
+from .eval import random_images
 from .report import write_csv
 from .timing import sync
 from .train import LR, build
@@ -88,15 +89,10 @@ def _row(kind, model, variant, seconds, flops, peak, **extra) -> dict:
             "max_abs_diff": "", "batch_split_diff": "", "top_ops": "", "error": "", **extra}  # fmt: skip
 
 
-def _random_images(n: int) -> tuple[list[str], torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return [f"image-{i:06d}" for i in range(n)], torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)
-
-
 def _train_rows(name: str, device, peak: float, repeats: int, precision: str) -> dict:
     torch.manual_seed(0)
     model = build(name, "small").to(device).train()
-    x = dequantize(_random_images(TRAIN_BATCH)[1], 256).to(device)
+    x = dequantize(random_images(TRAIN_BATCH)[1], 256).to(device)
     with torch.no_grad():
         model.initialize(x)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -122,7 +118,7 @@ class _Evaluation:
         torch.manual_seed(0)
         self.name, self.device, self.num_samples = name, device, num_samples
         self.model = build(name, "small").to(device)
-        self.keys, self.pixels = _random_images(images)
+        self.keys, self.pixels = random_images(images)
         with torch.no_grad():
             self.model.initialize(dequantize(self.pixels, 256).to(device))
 
