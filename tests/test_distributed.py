@@ -24,7 +24,7 @@ from aef_hpc.flows.actnorm import ActNorm
 from aef_hpc.models.from_config import model_from_config
 from aef_hpc.train.loop import training_batches, training_inputs
 from aef_hpc.train.run_dir import read_metrics
-from tests.helpers import aef_hpc_exe
+from helpers import aef_hpc_exe
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

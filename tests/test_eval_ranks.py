@@ -13,9 +13,9 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import aef_hpc_exe
-from tests.shard_helpers import digits_shards
-from tests.test_distributed import ROOT, VENV_BIN
+from helpers import aef_hpc_exe
+from shard_helpers import digits_shards
+from test_distributed import ROOT, VENV_BIN
 
 EVAL = ["data.num_workers=2", "eval.num_samples=8", "eval.repeats=2", "eval.chunk_size=3", "eval.batch_size=32"]
 

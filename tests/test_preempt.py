@@ -5,8 +5,8 @@ import signal
 import subprocess
 import time
 
-from tests.helpers import aef_hpc_exe
-from tests.test_distributed import COMMON, ROOT, train_losses
+from helpers import aef_hpc_exe
+from test_distributed import COMMON, ROOT, train_losses
 
 ARGS = [*COMMON, "train.batch_size=32", "train.steps=200", "train.val_every=100"]
 

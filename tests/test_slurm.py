@@ -14,7 +14,7 @@ from sweep_helpers import run_sweep
 
 from aef_hpc.process_group import expand_nodelist
 from aef_hpc.train.run_dir import read_metrics
-from tests.test_distributed import COMMON, ENGINES, ROOT, VENV_BIN, assert_same_losses, launch, train_losses
+from test_distributed import COMMON, ENGINES, ROOT, VENV_BIN, assert_same_losses, launch, train_losses
 
 SCRIPTS = ROOT / "scripts" / "slurm-local"
 
