@@ -16,7 +16,7 @@ import torch
 from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
-from aef_hpc.engine.deepspeed import consolidated_state_dict
+from aef_hpc.engine.deepspeed import consolidated_state_dict, weights_only_loads
 from aef_hpc.errors import CheckpointError
 from aef_hpc.evaluate import restore
 from aef_hpc.evaluate.likelihood import mean_loss
@@ -132,8 +132,21 @@ def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, floa
                       for p in m.parameters(False)])  # fmt: skip
     torch.testing.assert_close(torch.tensor(result["actnorm_after_init"]), want, rtol=1e-5, atol=1e-6)
     if engine == "zero3":
-        print(f"ZeRO-3 share of the parameters per rank: {result['rank_shares']}")
+        print(f"ZeRO-3 share of the parameters per rank: {result['rank_shares']}, whole at once in the "
+              f"initialisation: {result['init_peak_share']:.3f}")  # fmt: skip
         assert max(result["rank_shares"]) <= 0.55
+        # the initialisation gathers a layer at a time, never the model: its peak is the largest layer (62 % here)
+        total = sum(p.numel() for p in model.parameters())
+        largest = max(sum(p.numel() for p in m.parameters(False)) for m in model.modules()) / total
+        assert largest <= result["init_peak_share"] <= largest + 0.02, (largest, result["init_peak_share"])
+        # one rank's file at a time gives DeepSpeed's own consolidation, bit for bit (sub-groups, padding)
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        ours = consolidated_state_dict(tmp_path / "ckpt")
+        with weights_only_loads():
+            theirs = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "ckpt"), tag="zero")
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k].float()) for k in ours)
         # sampling (gathered parameters) and validation (through the engine) under ZeRO-3 == one process
         cfg = load_config(None, ["model.name=aef-center"])
         data = open_data(cfg.data)

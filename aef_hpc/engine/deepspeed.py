@@ -222,6 +222,113 @@ def gathered(module: torch.nn.Module, modifier: bool = False):
     return _deepspeed().zero.GatheredParameters(params, modifier_rank=0 if modifier else None)
 
 
+class _ReadHook(dict):
+    """A module's ``_parameters`` that tells ``fetch(owner, param)`` of every parameter read by attribute."""
+
+    def __init__(self, owner: torch.nn.Module, fetch):
+        super().__init__(owner._parameters)
+        self.owner, self.fetch = owner, fetch
+
+    def __getitem__(self, key):
+        param = super().__getitem__(key)
+        if param is not None and hasattr(param, "ds_id"):
+            self.fetch(self.owner, param)
+        return param
+
+
+def _tensors(value):
+    """The tensors in a module's output (nested tuples, lists and dicts)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+class GatherStats:
+    """What ``gathered_as_used`` held: ``peak`` elements whole at once, of ``total``."""
+
+    def __init__(self, total: int):
+        self.total, self.held, self.peak = total, 0, 0
+
+
+@contextlib.contextmanager
+def gathered_as_used(root: torch.nn.Module, modified=()):
+    """Under ZeRO-3, run code that uses ``root``'s parameters outside the engine without making the model whole on
+    a rank: a module's own parameters are gathered when code first reads one, and partitioned again when the
+    innermost module call in progress that contains that module returns (the outermost: on exit). The parameters
+    of the ``modified`` modules keep rank 0's values when partitioned again. At any moment a rank holds the
+    parameters of the module calls in progress, not the model. Yields a ``GatherStats``; nothing otherwise.
+
+    The code inside must run the same calls in the same order on every rank (each gather is collective)."""
+    stats = GatherStats(sum(getattr(p, "ds_numel", p.numel()) for p in root.parameters()))
+    if not any(hasattr(p, "ds_id") for p in root.parameters()):
+        yield stats
+        return
+    zero = _deepspeed().zero
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    modified = {id(m) for m in modified}
+    modules = dict(root.named_modules(remove_duplicate=False))
+    within: dict[int, set[int]] = {}  # a module -> itself and every module that contains it
+    for name, module in modules.items():
+        parts = name.split(".") if name else []
+        within.setdefault(id(module), set()).update(id(modules[".".join(parts[:i])]) for i in range(len(parts) + 1))
+    frames: list[tuple[torch.nn.Module, list]] = [(root, [])]  # (module call in progress, its open gathers)
+
+    def release(gathers: list) -> None:
+        for gather, numel in reversed(gathers):
+            gather.__exit__(None, None, None)
+            stats.held -= numel
+        gathers.clear()
+
+    def fetch(owner: torch.nn.Module, param) -> None:
+        if param.ds_status != ZeroParamStatus.NOT_AVAILABLE:
+            return
+        own = [p for p in owner._parameters.values() if p is not None and hasattr(p, "ds_id")]
+        gather = zero.GatheredParameters(own, modifier_rank=0 if id(owner) in modified else None)
+        gather.__enter__()
+        numel = sum(p.ds_numel for p in own)
+        stats.held += numel
+        stats.peak = max(stats.peak, stats.held)
+        frame = next(f for f in reversed(frames) if id(f[0]) in within[id(owner)])
+        frame[1].append((gather, numel))
+
+    def enter(module, args):
+        if id(module) in within:
+            frames.append((module, []))
+
+    def leave(module, args, output):
+        if id(module) in within and len(frames) > 1:
+            gathers = frames.pop()[1]
+            returned = {id(t) for t in _tensors(output)}  # a parameter returned as it is: its caller still uses it
+            kept = [g for g in gathers if any(id(p) in returned for p in g[0].params)]
+            frames[-1][1].extend(kept)
+            release([g for g in gathers if g not in kept])
+
+    hooks = [
+        torch.nn.modules.module.register_module_forward_pre_hook(enter),
+        torch.nn.modules.module.register_module_forward_hook(leave, always_call=True),
+    ]
+    plain = {}
+    for module in modules.values():
+        if id(module) not in plain:
+            plain[id(module)] = (module, module._parameters)
+            module._parameters = _ReadHook(module, fetch)
+    try:
+        yield stats
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, params in plain.values():
+            module._parameters = params
+        while frames:
+            release(frames.pop()[1])
+
+
 class DeepSpeedEngine:
     """``deepspeed.initialize`` around the model; DeepSpeed accumulates, clips and steps.
 
@@ -341,9 +448,11 @@ class DeepSpeedEngine:
             raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {TAG}/")
 
 
-def consolidated_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+def consolidated_state_dict(folder: Path, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The whole float32 weights of a DeepSpeed checkpoint folder (any stage, any number of ranks), in one
-    process: ZeRO 1-3 through DeepSpeed's zero_to_fp32 API, stage 0 from its model states file."""
+    process: ZeRO-3 one rank's file at a time (``_zero3_weights``), ZeRO 1-2 through DeepSpeed's zero_to_fp32 API,
+    stage 0 from its model states file. ``into`` (a model's ``state_dict()``): ZeRO-3 weights are written into
+    those tensors, so the process holds one copy of the model."""
     _deepspeed()
     from deepspeed.utils import zero_to_fp32
 
@@ -354,7 +463,66 @@ def consolidated_state_dict(folder: Path) -> dict[str, torch.Tensor]:
             if not list(ds_dir.glob("*optim_states.pt")):  # stage 0 with torch's optimizer: whole weights
                 weights = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
             else:
-                weights = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
+                weights = _zero3_weights(ds_dir, into)
+                if weights is None:
+                    weights = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
         except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
             raise _refused(folder, exc) from None
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+
+
+def _zero3_weights(ds_dir: Path, into: dict | None) -> dict[str, torch.Tensor] | None:
+    """A ZeRO-3 checkpoint's weights, reading the ranks' optimizer files one after another (each memory-mapped,
+    copied from and closed): at most the weights plus one rank's file (12Ψ/N bytes) are mapped at once, where
+    DeepSpeed's zero_to_fp32 maps every rank's. Parameter p of n elements is split in N partitions of ⌈n/N⌉
+    (the last padded); rank r's flat float32 partition is its part of every parameter, in order. ``None``: not a
+    ZeRO-3 checkpoint of trainable parameters only (DeepSpeed's API then)."""
+    from deepspeed.utils import zero_to_fp32 as z
+
+    model = z.parse_model_states(z.get_model_state_files(str(ds_dir)))[0]
+    files = z.get_optim_files(str(ds_dir))
+    first = torch.load(files[0], map_location="cpu", mmap=True)[z.OPTIMIZER_STATE_DICT]
+    if first.get(z.ZERO_STAGE) != 3 or model.frozen_param_shapes:
+        return None
+    world = first[z.PARTITION_COUNT]
+    del first
+    if world != len(files):
+        raise ValueError(f"{len(files)} optimizer files for {world} ranks (a rank's file is missing or extra)")
+    shapes = {name: torch.Size(shape) for group in model.param_shapes for name, shape in group.items()}
+    into = into or {}
+    weights = dict(model.buffers)
+    for name, shape in shapes.items():
+        own = into.get(name)
+        ok = own is not None and own.shape == shape and own.dtype == torch.float32 and own.is_contiguous()
+        weights[name] = own.detach() if ok else torch.empty(shape, dtype=torch.float32)
+    for rank, file in enumerate(files):
+        groups = torch.load(file, map_location="cpu", mmap=True)[z.OPTIMIZER_STATE_DICT][z.FP32_FLAT_GROUPS]
+        bounds = [0]
+        for g in groups:
+            bounds.append(bounds[-1] + g.numel())
+        offset = 0
+        for name, shape in shapes.items():
+            numel = shape.numel()
+            part = math.ceil(numel / world)
+            length = max(0, min(part, numel - rank * part))
+            if length:
+                _copy_range(groups, bounds, offset, weights[name].view(-1)[rank * part : rank * part + length])
+            offset += part
+        del groups  # closes this rank's file before the next is mapped
+    for alias, name in model.shared_params:
+        weights[alias] = weights[name]
+    return weights
+
+
+def _copy_range(chunks: list[torch.Tensor], bounds: list[int], start: int, out: torch.Tensor) -> None:
+    """``out`` ← elements ``start .. start + len(out)`` of the concatenation of ``chunks`` (``bounds``: the
+    cumulative sizes), without concatenating them."""
+    end, done = start + out.numel(), 0
+    for chunk, lo, hi in zip(chunks, bounds, bounds[1:], strict=False):
+        if hi <= start or lo >= end:
+            continue
+        a, b = max(start, lo), min(end, hi)
+        out[done : done + b - a].copy_(chunk.reshape(-1)[a - lo : b - lo])
+        done += b - a
+    if done != out.numel():
+        raise ValueError(f"a rank's partition ends at element {bounds[-1]}, before {end}")

@@ -3,8 +3,8 @@ ActNorm collectively, wrap it in an engine, take 3 steps, then check what every 
 
 Usage: engine_ranks.py ENGINE OUT   (ENGINE: ddp | zero0 | zero1 | zero2 | zero3)
 Writes OUT/result.json on rank 0: whether all parameters and all ActNorm parameters are identical on every rank,
-the ActNorm parameters right after the collective initialisation (to compare with one process's), the share of
-parameters each rank holds, and under ZeRO-3 a checkpoint (OUT/ckpt), 6 samples drawn with gathered
+the ActNorm parameters right after the collective initialisation (to compare with one process's) and the largest
+share of the parameters it held whole at once, the share of parameters each rank holds, and under ZeRO-3 a checkpoint (OUT/ckpt), 6 samples drawn with gathered
 parameters (OUT/samples.pt) and the validation NLL computed through the engine (to compare with the export).
 """
 
@@ -42,6 +42,8 @@ def main(engine_name: str, out: str) -> None:
     out = Path(out)
     cfg = load_config(None, ["model.name=aef-center", "train.batch_size=16", *engine_overrides(engine_name)])
     ds_config = deepspeed_config(cfg) if cfg.engine == "deepspeed" else None
+    if engine_name == "zero3":  # many optimizer sub-groups: the checkpoint's flat partitions come in pieces
+        ds_config["zero_optimization"]["sub_group_size"] = 5000
     device = init_distributed(discover(), torch.device("cpu"), force=True)
     data = open_data(cfg.data)
     torch.manual_seed(0)
@@ -49,7 +51,7 @@ def main(engine_name: str, out: str) -> None:
         model = model_from_config(cfg.model, data.image_shape)
     batches = training_batches(data, cfg.train.batch_size, 0, 0)
     first = training_inputs(next(batches)[2], data.levels, 0, 0, 0.0, device)
-    initialize_collectively(model, first)
+    gathered_at_once = initialize_collectively(model, first)
     with gathered(model):
         initialised = _flat(model, ActNorm).tolist()
     engine = _build_engine(cfg, model, ds_config)
@@ -66,6 +68,7 @@ def main(engine_name: str, out: str) -> None:
             "actnorm_equal": _same_on_every_rank(_flat(net, ActNorm)),
             "actnorm_initialized": all(bool(m.initialized) for m in net.modules() if isinstance(m, ActNorm)),
             "actnorm_after_init": initialised,
+            "init_peak_share": gathered_at_once.peak / gathered_at_once.total,
         }
     if engine_name == "zero3":
         out.mkdir(exist_ok=True)
