@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import AEFError, AEFWarning, ConfigError
+from .errors import AEFError, AEFWarning, ConfigError, out_of_memory
 from .signals import sigterm_as_interrupt
 
 
@@ -268,7 +268,16 @@ def _bench(args) -> int:
         raise ConfigError(
             f"--vs-limit is a case of `bench eval`, not of `bench {args.what}`: aef-hpc bench eval --vs-limit"
         )
-    out = args.out or f"bench/{args.what}{'-vs-limit' if args.vs_limit else ''}.csv"
+    if args.big and args.what != "scale":
+        raise ConfigError(f"--big is a case of `bench scale`, not of `bench {args.what}`: aef-hpc bench scale --big")
+    if (args.width is not None or args.memory_cap is not None) and not args.big:
+        raise ConfigError("--width and --memory-cap are options of `aef-hpc bench scale --big`")
+    if args.width is not None and args.width < 1:
+        raise ConfigError(f"--width={args.width}: the big nets' channel width must be at least 1")
+    if args.memory_cap is not None and not args.memory_cap > 0:
+        raise ConfigError(f"--memory-cap={args.memory_cap}: give the per-process cap in GiB, > 0")
+    suffix = "-vs-limit" if args.vs_limit else "-big" if args.big else ""
+    out = args.out or f"bench/{args.what}{suffix}.csv"
     if not args.traffic:
         check_writable_file(out, "--out")  # before the benchmark runs, not after it
     if args.what == "kernels":
@@ -286,6 +295,14 @@ def _bench(args) -> int:
         smoke = kernel_bench.SMOKE if args.cpu_smoke else {}
         print(kernel_bench.table(kernel_bench.run(out, plot, cpu_smoke=args.cpu_smoke, **smoke)))
         print(f"wrote {out} and {plot}")
+        return 0
+    if args.big:
+        from .bench import big
+
+        width = args.width or (big.SMOKE_WIDTH if args.cpu_smoke else big.WIDTH)
+        cap = args.memory_cap or (None if args.cpu_smoke else big.CAP_GIB)
+        print(big.table(big.run(out, width, cap)))
+        print(f"wrote {out}; run folders and logs in {Path(out).with_suffix('.d')}")
         return 0
     if args.what in ("eval", "scale", "train"):  # each module: run(out) -> rows, table(rows) -> text
         module = "limit" if args.vs_limit else args.what
@@ -456,7 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--cpu-smoke",
         action="store_true",
-        help="kernels: a tiny run on the CPU (interpreter) that checks the benchmark itself, not speed",
+        help="kernels: a tiny run on the CPU (interpreter) that checks the benchmark itself, not speed; "
+        "scale --big: the same cases on a tiny model and no memory cap",
+    )
+    bench.add_argument(
+        "--big",
+        action="store_true",
+        help="scale: a model larger than one process (311 M parameters; default --out bench/scale-big.csv): one "
+        "process under a memory cap runs out of memory, 2 ZeRO-3 ranks under the same cap train, resume and "
+        "export it; peak RSS per process against 16 bytes per parameter over the processes",
+    )
+    bench.add_argument("--width", type=int, help="scale --big: the big nets' channel width (default 2880)")
+    bench.add_argument(
+        "--memory-cap", type=float, help="scale --big: each process's memory cap in GiB (RLIMIT_DATA; default 4.5)"
     )
     bench.add_argument(
         "--traffic",
@@ -512,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aef-hpc: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:  # a failed allocation is one line too; anything else is a bug
+        oom = out_of_memory(exc)
+        if oom is None:
+            raise
+        print(f"aef-hpc: error: {oom}", file=sys.stderr)
+        return oom.exit_code
 
 
 if __name__ == "__main__":

@@ -107,6 +107,27 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path, args, match):
     assert not (tmp_path / "runs").exists(), "nothing is written for a run that cannot start"
 
 
+def test_running_out_of_memory_is_one_line_naming_the_limit_and_writes_nothing(tmp_path):
+    """A model whose parameters alone exceed the process's memory limit (RLIMIT_DATA 1.5 GiB; big nets 8,192
+    channels wide: 2.4 G parameters) stops at its first allocation past the limit with one line that names the
+    limit and what to change, before its run folder is claimed."""
+    import resource
+
+    cap = int(1.5 * 2**30)
+    proc = subprocess.run(
+        [aef_hpc_exe(), "train", "model.name=aef-linear", "model.architecture=big", "model.width=8192",
+         "model.latent_dim=16", f"run.out_dir={tmp_path}/runs", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (cap, cap)),
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.strip().splitlines() if "Warning" not in line]
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("aef-hpc: error: out of memory: "), proc.stderr
+    assert "can't allocate memory" in lines[0] and "RLIMIT_DATA 1.50 GiB" in lines[0], lines[0]
+    assert "zero3-lean.yaml" in lines[0] and "enforce fail" not in lines[0]
+    assert not (tmp_path / "runs").exists(), "nothing is written for a run that cannot start"
+
+
 def test_triton_kernels_on_cpu_without_interpreter_fail_before_writing(tmp_path):
     exe = aef_hpc_exe()
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}

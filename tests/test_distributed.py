@@ -121,6 +121,7 @@ def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, floa
             engine, str(tmp_path)])  # fmt: skip
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["parameters_equal"] and result["actnorm_equal"] and result["actnorm_initialized"]
+    assert result["model_freed"], "a closed engine keeps nothing alive (DeepSpeed's module globals included)"
     # equal on every rank is not enough (identity ActNorms are equal too): one process's initialisation on the
     # same global first batch (2 x 16 = 1 x 32 images)
     cfg = load_config(None, ["model.name=aef-center", "train.batch_size=32"])

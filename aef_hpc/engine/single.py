@@ -100,6 +100,9 @@ class SingleEngine:
         loss, self._loss_sum = self._loss_sum / self.accumulate, None
         return StepResult(stepped, loss, norm.detach(), lr)
 
+    def close(self) -> None:
+        """Nothing to give back: the model and optimizer go with the engine."""
+
     def unwrap(self) -> torch.nn.Module:
         return self.model
 

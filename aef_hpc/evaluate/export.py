@@ -30,9 +30,10 @@ def export(path: str | Path, out: str | Path | None = None) -> Path:
     checkpoint = open_checkpoint(path)
     cfg = checkpoint_config(checkpoint, (), run_config(path))  # a run folder: the run's config, as its final test
     bar = Progress(2, f"export {checkpoint.path.name}", "stage", every=cfg.train.progress_every)
-    state, ema, source = checkpoint_weights(checkpoint, cfg)  # a ZeRO checkpoint: consolidated (the long part)
-    bar.update()
     model = model_from_config(cfg.model, cfg.model.image_shape)
+    # a ZeRO checkpoint: consolidated (the long part), ZeRO-3 into the model's own tensors (one copy in memory)
+    state, ema, source = checkpoint_weights(checkpoint, cfg, into=model.state_dict())
+    bar.update()
     load_model_weights(model, source, state)  # a mismatch stops here, before anything is written
     selected = None
     if isinstance(model, ExpandedAEF) and cfg.eval.select_proposal_std:

@@ -53,9 +53,10 @@ def bf16_is_fast(device: torch.device) -> bool:
 def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
     """How an evaluation runs ``model``: in eval mode without autograd; on the CPU its 4-D (convolution) weights in
     channels-last order, on which oneDNN's convolutions run ~1.25x faster (``aef-hpc bench eval --vs-limit``; the
-    values are unchanged, an image's NLL moves by float32 rounding only), each weight given back as it was after
-    (nested uses convert once); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities
-    still add up in float32)."""
+    values are unchanged, an image's NLL moves by float32 rounding only), converted one weight at a time and back
+    to its own layout after (the model is never held twice; a weight already channels-last, or a nested use, is
+    left as it is); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities still add up in
+    float32)."""
     if precision == "bf16" and not bf16_is_fast(device):
         warnings.warn(
             f"eval.precision=bf16 on a {'GPU' if device.type == 'cuda' else 'CPU'} without bf16 instructions "
@@ -64,15 +65,17 @@ def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
             stacklevel=3,
         )
     model.eval()
-    kept = [(p, p.data) for p in model.parameters() if p.dim() == 4] if device.type == "cpu" else []
-    for p, data in kept:
-        p.data = data.contiguous(memory_format=torch.channels_last)  # no copy when it already is
+    cl = torch.channels_last
+    moved = [p for p in model.parameters() if p.dim() == 4 and not p.is_contiguous(memory_format=cl)]
+    moved = moved if device.type == "cpu" else []
+    for p in moved:
+        p.data = p.data.contiguous(memory_format=cl)
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             yield model
     finally:
-        for p, data in kept:
-            p.data = data
+        for p in moved:
+            p.data = p.data.contiguous()
 
 
 def per_image_nll(

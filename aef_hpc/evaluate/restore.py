@@ -125,10 +125,13 @@ def run_config(path) -> Path | None:
     return config if not (Path(path) / "meta.json").exists() and config.is_file() else None
 
 
-def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True) -> tuple[dict, bool, Path]:
+def checkpoint_weights(
+    checkpoint: Checkpoint, cfg: Config, use_ema: bool = True, into: dict | None = None
+) -> tuple[dict, bool, Path]:
     """The whole weights of any checkpoint in one process: an export's ``model.safetensors``, a DeepSpeed
-    checkpoint consolidated (any ZeRO stage and rank count), or ``model.pt``; with the EMA on top when the run
-    kept one. Returns ``(state dict, whether they are EMA weights, where they came from)``."""
+    checkpoint consolidated (any ZeRO stage and rank count; ZeRO-3 written straight into ``into``, a model's
+    ``state_dict()``, so a model larger than one process's training state is held once), or ``model.pt``; with the
+    EMA on top when the run kept one. Returns ``(state dict, whether they are EMA weights, where they came from)``."""
     path = checkpoint.path
     if (path / EXPORT_FILE).is_file():
         try:
@@ -138,7 +141,7 @@ def checkpoint_weights(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True
     if checkpoint.meta.get("engine") == "deepspeed":
         from ..engine.deepspeed import TAG, consolidated_state_dict
 
-        source, state = path / TAG, consolidated_state_dict(path)
+        source, state = path / TAG, consolidated_state_dict(path, into)
     else:
         source = path / "model.pt"
         state = load_file(source)
@@ -154,7 +157,7 @@ def restore_checkpoint(checkpoint: Checkpoint, cfg: Config, use_ema: bool = True
     if cfg.model.image_shape is None:
         raise CheckpointError(f"{checkpoint.path}/config.yaml records no model.image_shape: not a complete run")
     model = model_from_config(cfg.model, cfg.model.image_shape)
-    state, ema, source = checkpoint_weights(checkpoint, cfg, use_ema)
+    state, ema, source = checkpoint_weights(checkpoint, cfg, use_ema, into=model.state_dict())
     load_model_weights(model, source, state)
     return Trained(cfg, checkpoint, model.to(device).eval(), device, ema, weights=weights_digest(state))
 

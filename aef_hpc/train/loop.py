@@ -25,7 +25,7 @@ from ..engine import Checkpoint, SingleEngine, complete_checkpoints, open_checkp
 from ..engine.checkpoint import load_file, point_best, recover, step_name, write_atomic
 from ..engine.ddp import DDPEngine
 from ..engine.deepspeed import DeepSpeedEngine, deepspeed_config, model_scope
-from ..errors import AEFError, CheckpointError, ConfigError, DataError, Interrupted
+from ..errors import AEFError, CheckpointError, ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory
 from ..evaluate import (
     check_fid_weights,
     check_same_data,
@@ -313,6 +313,7 @@ def _train_ranks(
         raise explained from None
     bar.close()
     tr.log.close()
+    tr.engine.close()  # the training state is given back before the final test loads the best weights
     return tr.run_dir, cfg, data, state.best_step
 
 
@@ -490,7 +491,8 @@ def _check_finished(tr: Training) -> None:
 
 def _explain_stop(tr: Training, exc: BaseException, new_run: bool) -> BaseException | None:
     """What a stopped run says (``None``: the error as it is). A new run that stopped before its first checkpoint
-    keeps its logs and is marked so; ``--resume`` starts it over."""
+    keeps its logs and is marked so; ``--resume`` starts it over. A failed allocation is an ``OutOfMemory``."""
+    exc = out_of_memory(exc) or exc
     step, found = tr.state.step, complete_checkpoints(tr.run_dir)
     if new_run and not found:
         why = f"stopped at step {step}, before the first checkpoint (every train.val_every={tr.cfg.train.val_every})"
@@ -508,6 +510,11 @@ def _explain_stop(tr: Training, exc: BaseException, new_run: bool) -> BaseExcept
         return Interrupted(
             f"interrupted at step {step}; the newest checkpoint is {found[0].path}: continue with "
             f"`aef-hpc train --resume {tr.run_dir}`"
+        )
+    if isinstance(exc, OutOfMemory):
+        return OutOfMemory(
+            f"{exc}; at step {step}: the newest checkpoint is {found[0].path}, `aef-hpc train --resume "
+            f"{tr.run_dir}` goes on from it"
         )
     return None
 

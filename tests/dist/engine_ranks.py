@@ -5,11 +5,14 @@ Usage: engine_ranks.py ENGINE OUT   (ENGINE: ddp | zero0 | zero1 | zero2 | zero3
 Writes OUT/result.json on rank 0: whether all parameters and all ActNorm parameters are identical on every rank,
 the ActNorm parameters right after the collective initialisation (to compare with one process's) and the largest
 share of the parameters it held whole at once, the share of parameters each rank holds, and under ZeRO-3 a checkpoint (OUT/ckpt), 6 samples drawn with gathered
-parameters (OUT/samples.pt) and the validation NLL computed through the engine (to compare with the export).
+parameters (OUT/samples.pt) and the validation NLL computed through the engine (to compare with the export);
+whether the model is freed once the engine is closed.
 """
 
+import gc
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -80,6 +83,11 @@ def main(engine_name: str, out: str) -> None:
         result["val"] = mean_loss(engine.eval_loss, data.eval_batches("val", 64), data.levels, 0, device)
         if dist.get_rank() == 0:
             torch.save(samples, out / "samples.pt")
+    freed = weakref.ref(net)  # closed, the engine lets the model and its training state go
+    engine.close()
+    del engine, net, model
+    gc.collect()
+    result["model_freed"] = freed() is None
     shares = [None] * dist.get_world_size()
     dist.all_gather_object(shares, result["rank_share"])
     result["rank_shares"] = shares
