@@ -12,9 +12,9 @@ def _cfg(*overrides):
     return load_config(None, ["engine=deepspeed", *overrides])
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_presets_take_batch_accumulation_clipping_adam_and_precision_from_train(stage):
-    cfg = _cfg(f"deepspeed.config=configs/deepspeed/zero{stage}.yaml", "train.batch_size=12", "train.accumulate=3",
+@pytest.mark.parametrize("preset,stage", [("zero0", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3), ("zero3-lean", 3)])
+def test_presets_take_batch_accumulation_clipping_adam_and_precision_from_train(preset, stage):
+    cfg = _cfg(f"deepspeed.config=configs/deepspeed/{preset}.yaml", "train.batch_size=12", "train.accumulate=3",
                "train.grad_clip=7.5", "train.lr=0.002", "train.precision=bf16")  # fmt: skip
     ds = deepspeed_config(cfg)
     assert ds["zero_optimization"]["stage"] == stage
