@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 import torch
+from helpers import aef_hpc_exe
 
 from aef_hpc.bench import data
-from helpers import aef_hpc_exe
 
 
 def test_bench_data_writes_csv(tmp_path, float32_default, capsys):

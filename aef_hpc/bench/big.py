@@ -36,9 +36,9 @@ CAP_GIB = 4.5
 STEPS = 2
 MODEL = ["model.name=aef-linear", "model.architecture=big", "model.latent_dim=16", "model.alpha=0.05",
          "model.prior_flow=maf", "model.posterior_flow=maf"]  # fmt: skip
-RUN = ["train.batch_size=4", "train.lr=1e-4", "train.log_every=1", "train.device=cpu", "data.val_fraction=0.02", "data.test_fraction=0.02",
-       "eval.limit=8", "eval.num_samples=4", "eval.repeats=1", "eval.select_proposal_std=false", "eval.grid_samples=4",
-       "eval.batch_size=4"]  # fmt: skip
+RUN = ["train.batch_size=4", "train.lr=1e-4", "train.log_every=1", "train.device=cpu", "data.val_fraction=0.02",
+       "data.test_fraction=0.02", "eval.limit=8", "eval.num_samples=4", "eval.repeats=1",
+       "eval.select_proposal_std=false", "eval.grid_samples=4", "eval.batch_size=4"]  # fmt: skip
 ZERO3 = ["engine=deepspeed", "deepspeed.config=configs/deepspeed/zero3-lean.yaml"]
 ROOT = Path(__file__).resolve().parents[2]
 

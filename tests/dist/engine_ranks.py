@@ -4,9 +4,9 @@ ActNorm collectively, wrap it in an engine, take 3 steps, then check what every 
 Usage: engine_ranks.py ENGINE OUT   (ENGINE: ddp | zero0 | zero1 | zero2 | zero3)
 Writes OUT/result.json on rank 0: whether all parameters and all ActNorm parameters are identical on every rank,
 the ActNorm parameters right after the collective initialisation (to compare with one process's) and the largest
-share of the parameters it held whole at once, the share of parameters each rank holds, and under ZeRO-3 a checkpoint (OUT/ckpt), 6 samples drawn with gathered
-parameters (OUT/samples.pt) and the validation NLL computed through the engine (to compare with the export);
-whether the model is freed once the engine is closed.
+share of the parameters it held whole at once, the share of parameters each rank holds, under ZeRO-3 a checkpoint
+(OUT/ckpt), 6 samples drawn with gathered parameters (OUT/samples.pt) and the validation NLL computed through the
+engine (to compare with the export), and whether the model is freed once the engine is closed.
 """
 
 import gc
@@ -22,10 +22,10 @@ from aef_hpc.bench.scale import engine_overrides
 from aef_hpc.config import load_config
 from aef_hpc.data import open_data
 from aef_hpc.engine.deepspeed import deepspeed_config, gathered, model_scope
-from aef_hpc.process_group import discover, init_distributed, leave_distributed
 from aef_hpc.evaluate.likelihood import mean_loss
 from aef_hpc.flows.actnorm import ActNorm
 from aef_hpc.models.from_config import model_from_config
+from aef_hpc.process_group import discover, init_distributed, leave_distributed
 from aef_hpc.train.collective import initialize_collectively
 from aef_hpc.train.loop import _build_engine, training_batches, training_inputs
 
