@@ -274,8 +274,19 @@ def _bench(args) -> int:
         raise ConfigError("--width and --memory-cap are options of `aef-hpc bench scale --big`")
     if args.width is not None and args.width < 1:
         raise ConfigError(f"--width={args.width}: the big nets' channel width must be at least 1")
-    if args.memory_cap is not None and not args.memory_cap > 0:
-        raise ConfigError(f"--memory-cap={args.memory_cap}: give the per-process cap in GiB, > 0")
+    if args.memory_cap is not None:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+        if not 0 < args.memory_cap < math.inf:
+            raise ConfigError(f"--memory-cap={args.memory_cap}: give the per-process cap in GiB, a number > 0")
+        if hard != resource.RLIM_INFINITY and args.memory_cap * 2**30 > hard:
+            raise ConfigError(
+                f"--memory-cap={args.memory_cap}: above this shell's own hard limit of {hard / 2**30:.2f} GiB "
+                "(ulimit -d); give a smaller cap"
+            )
+    if args.traffic and args.what != "kernels":
+        raise ConfigError(f"--traffic is an option of `bench kernels`, not of `bench {args.what}`")
     suffix = "-vs-limit" if args.vs_limit else "-big" if args.big else ""
     out = args.out or f"bench/{args.what}{suffix}.csv"
     if not args.traffic:
@@ -541,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aef-hpc: interrupted", file=sys.stderr)
         return 130
-    except (MemoryError, RuntimeError) as exc:  # a failed allocation is one line too; anything else is a bug
+    except (MemoryError, RuntimeError, OSError) as exc:  # a failed allocation is one line too; anything else a bug
         oom = out_of_memory(exc)
         if oom is None:
             raise

@@ -4,6 +4,7 @@ The CLI catches `AEFError`, prints its one-line message (what is wrong and how t
 non-zero; anything else is a bug and keeps its traceback.
 """
 
+import errno
 import re
 
 __all__ = [
@@ -58,17 +59,18 @@ class OutOfMemory(AEFError):
 
 
 #: how torch, the C++ runtime and CUDA say that an allocation failed
-_OUT_OF_MEMORY = ("can't allocate memory", "std::bad_alloc", "out of memory")
+_OUT_OF_MEMORY = ("can't allocate memory", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 _LIMITS = ("RLIMIT_DATA", "RLIMIT_AS", "RLIMIT_RSS")
 
 
 def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     """``exc`` as an ``OutOfMemory`` line when it is a failed allocation (``MemoryError``, torch's CPU or CUDA
-    allocator), else ``None``."""
+    allocator, a memory map, ``ENOMEM`` from the system), else ``None``."""
     if isinstance(exc, OutOfMemory):
         return exc
     text = str(exc)
-    if not (isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and any(t in text for t in _OUT_OF_MEMORY)):
+    said_so = isinstance(exc, RuntimeError) and any(t in text for t in _OUT_OF_MEMORY)
+    if not (isinstance(exc, MemoryError) or said_so or isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return None
     import resource
 

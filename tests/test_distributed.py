@@ -115,6 +115,18 @@ def test_bf16_under_zero2_trains(runs):
     assert all(map(math.isfinite, losses.values())) and last < first - 10
 
 
+def test_a_model_built_under_zero_init_holds_the_weights_of_a_plain_build(tmp_path):
+    """Every model x architecture x flow (36 cases): ZeRO-3 partitions a module's parameters when its own
+    ``__init__`` returns, so an initialisation a parent applies to a child afterwards (zero-initialised last layers,
+    near-zero residual blocks, scaled convolutions) would be lost and ZeRO-3 would train another model. And a
+    collective initialisation that fails at a later ActNorm changes none, as in one process."""
+    subprocess.run([sys.executable, "tests/dist/zero_init.py", str(tmp_path / "differ.json")], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    differ = json.loads((tmp_path / "differ.json").read_text())
+    assert differ.pop("rollback"), "a failed collective initialisation changes no ActNorm under ZeRO-3 either"
+    assert len(differ) == 36 and not {case: names for case, names in differ.items() if names}
+
+
 @pytest.mark.parametrize("engine", ["ddp", "zero3"])
 def test_every_rank_holds_the_same_parameters_after_steps(tmp_path, engine, float32_default):
     launch([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "tests/dist/engine_ranks.py",

@@ -197,3 +197,30 @@ def test_decode_checks_its_latents(model, latent, deviations, match):
 def test_the_public_api_raises_aef_errors(call, match):
     with pytest.raises(ModelError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "exc,said",
+    [
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                      "tried to allocate 8294400 bytes. Error code 12 (Cannot allocate memory)"),
+         "out of memory: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8294400 bytes."),
+        (RuntimeError("unable to mmap 1024 bytes from file <x.pt>: Cannot allocate memory (12)"),
+         "out of memory: unable to mmap 1024 bytes"),
+        (MemoryError(), "out of memory: MemoryError"),
+        (OSError(12, "Cannot allocate memory"), "out of memory: [Errno 12] Cannot allocate memory"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory: CUDA out of memory."),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),
+        (OSError(2, "No such file or directory"), None),
+        (ValueError("can't allocate memory"), None),
+    ],
+)  # fmt: skip
+def test_a_failed_allocation_is_one_out_of_memory_line_and_nothing_else_is(exc, said):
+    from aef_hpc.errors import OutOfMemory, out_of_memory
+
+    found = out_of_memory(exc)
+    if said is None:
+        assert found is None
+    else:
+        assert isinstance(found, OutOfMemory) and str(found).startswith(said) and "zero3-lean.yaml" in str(found)
+        assert "\n" not in str(found)

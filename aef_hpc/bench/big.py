@@ -101,7 +101,7 @@ def _watched(command: list[str], cap: int | None, log: Path) -> tuple[int, float
                         ranks[pid] = _rank(pid)
             time.sleep(0.2)
     wall = time.monotonic() - start
-    if len(peaks) > 1:  # a launcher and its ranks: the ranks only (a data worker counts as its rank)
+    if any(ranks.values()):  # a launcher and its ranks: the ranks only (a data worker counts as its rank)
         peaks = {pid: v for pid, v in peaks.items() if ranks.get(pid)}
     by_rank: dict[str, int] = {}
     for pid, peak in peaks.items():

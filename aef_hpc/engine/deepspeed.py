@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, out_of_memory
 from ..process_group import collective_device
 from .single import StepResult
 
@@ -278,9 +278,11 @@ class GatherStats:
 def gathered_as_used(root: torch.nn.Module, modified=()):
     """Under ZeRO-3, run code that uses ``root``'s parameters outside the engine without making the model whole on
     a rank: a module's own parameters are gathered when code first reads one, and partitioned again when the
-    innermost module call in progress that contains that module returns (the outermost: on exit). The parameters
-    of the ``modified`` modules keep rank 0's values when partitioned again. At any moment a rank holds the
-    parameters of the module calls in progress, not the model. Yields a ``GatherStats``; nothing otherwise.
+    innermost module call in progress that contains that module returns (the outermost: on exit). The ``modified``
+    modules' parameters (small: ActNorm's per-channel pairs) stay whole throughout, so any read sees them (a
+    ``state_dict`` taken to roll back), and keep rank 0's values when partitioned again on exit. At any moment a
+    rank holds those and the parameters of the module calls in progress, not the model. Yields a ``GatherStats``;
+    nothing otherwise.
 
     The code inside must run the same calls in the same order on every rank (each gather is collective)."""
     stats = GatherStats(sum(getattr(p, "ds_numel", p.numel()) for p in root.parameters()))
@@ -290,7 +292,6 @@ def gathered_as_used(root: torch.nn.Module, modified=()):
     zero = _deepspeed().zero
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    modified = {id(m) for m in modified}
     modules = dict(root.named_modules(remove_duplicate=False))
     within: dict[int, set[int]] = {}  # a module -> itself and every module that contains it
     for name, module in modules.items():
@@ -299,22 +300,28 @@ def gathered_as_used(root: torch.nn.Module, modified=()):
     frames: list[tuple[torch.nn.Module, list]] = [(root, [])]  # (module call in progress, its open gathers)
 
     def release(gathers: list) -> None:
-        for gather, numel in reversed(gathers):
-            gather.__exit__(None, None, None)
+        for opened, numel in reversed(gathers):
+            opened.__exit__(None, None, None)
             stats.held -= numel
         gathers.clear()
 
-    def fetch(owner: torch.nn.Module, param) -> None:
-        if param.ds_status != ZeroParamStatus.NOT_AVAILABLE:
+    def gather(params, frame: list, modifier_rank=None) -> None:
+        """Gather those of ``params`` that are partitioned (a parameter shared with a module whose gather is open
+        is whole already), until ``frame`` closes."""
+        params = [p for p in params if hasattr(p, "ds_id") and p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+        if not params:
             return
-        own = [p for p in owner._parameters.values() if p is not None and hasattr(p, "ds_id")]
-        gather = zero.GatheredParameters(own, modifier_rank=0 if id(owner) in modified else None)
-        gather.__enter__()
-        numel = sum(p.ds_numel for p in own)
+        opened = zero.GatheredParameters(params, modifier_rank=modifier_rank)
+        opened.__enter__()
+        numel = sum(p.ds_numel for p in params)
         stats.held += numel
         stats.peak = max(stats.peak, stats.held)
-        frame = next(f for f in reversed(frames) if id(f[0]) in within[id(owner)])
-        frame[1].append((gather, numel))
+        frame.append((opened, numel))
+
+    def fetch(owner: torch.nn.Module, param) -> None:
+        if param.ds_status == ZeroParamStatus.NOT_AVAILABLE:
+            frame = next(f for f in reversed(frames) if id(f[0]) in within[id(owner)])
+            gather([p for p in owner._parameters.values() if p is not None], frame[1])
 
     def enter(module, args):
         if id(module) in within:
@@ -333,11 +340,12 @@ def gathered_as_used(root: torch.nn.Module, modified=()):
         torch.nn.modules.module.register_module_forward_hook(leave, always_call=True),
     ]
     plain = {}
-    for module in modules.values():
-        if id(module) not in plain:
-            plain[id(module)] = (module, module._parameters)
-            module._parameters = _ReadHook(module, fetch)
     try:
+        for module in modules.values():
+            if id(module) not in plain:
+                plain[id(module)] = (module, module._parameters)
+                module._parameters = _ReadHook(module, fetch)
+        gather([p for m in modified for p in m.parameters(recurse=False)], frames[0][1], modifier_rank=0)
         yield stats
     finally:
         for hook in hooks:
@@ -460,7 +468,8 @@ class DeepSpeedEngine:
         from deepspeed.runtime.zero import parameter_offload
         from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
 
-        parameter_offload.FWD_MODULE_STACK[:] = [m for m in parameter_offload.FWD_MODULE_STACK if m is not module]
+        mine = {id(m) for m in module.modules()}  # a forward that raised leaves its submodules on the stack too
+        parameter_offload.FWD_MODULE_STACK[:] = [m for m in parameter_offload.FWD_MODULE_STACK if id(m) not in mine]
         cached = getattr(PartitionedParameterCoordinator, "_PartitionedParameterCoordinator__params_to_release", None)
         cells = [cell.cell_contents for cell in getattr(cached, "__closure__", None) or ()]  # inside an NVTX wrapper
         for found in (cached, *cells):
@@ -479,7 +488,7 @@ class DeepSpeedEngine:
             with weights_only_loads():
                 path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=True)
         except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise _refused(folder, exc) from None
+            raise out_of_memory(exc) or _refused(folder, exc) from None
         if path is None:
             raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {TAG}/")
 
@@ -503,7 +512,7 @@ def consolidated_state_dict(folder: Path, into: dict[str, torch.Tensor] | None =
                 if weights is None:
                     weights = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
         except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise _refused(folder, exc) from None
+            raise out_of_memory(exc) or _refused(folder, exc) from None
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
@@ -544,6 +553,8 @@ def _zero3_weights(ds_dir: Path, into: dict | None) -> dict[str, torch.Tensor] |
             if length:
                 _copy_range(groups, bounds, offset, weights[name].view(-1)[rank * part : rank * part + length])
             offset += part
+        if offset != bounds[-1]:
+            raise ValueError(f"{file} holds {bounds[-1]} elements for a partition of {offset}: not this model's")
         del groups  # unmaps this rank's file before the next is mapped
     for alias, name in model.shared_params:
         weights[alias] = weights[name]

@@ -54,8 +54,8 @@ def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
     """How an evaluation runs ``model``: in eval mode without autograd; on the CPU its 4-D (convolution) weights in
     channels-last order, on which oneDNN's convolutions run ~1.25x faster (``aef-hpc bench eval --vs-limit``; the
     values are unchanged, an image's NLL moves by float32 rounding only), converted one weight at a time and back
-    to its own layout after (the model is never held twice; a weight already channels-last, or a nested use, is
-    left as it is); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities still add up in
+    to its own layout after (the model is never held twice; a weight already channels-last, a view into a flat
+    buffer, or a nested use, is left as it is); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities still add up in
     float32)."""
     if precision == "bf16" and not bf16_is_fast(device):
         warnings.warn(
@@ -66,7 +66,7 @@ def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
         )
     model.eval()
     cl = torch.channels_last
-    moved = [p for p in model.parameters() if p.dim() == 4 and not p.is_contiguous(memory_format=cl)]
+    moved = [p for p in model.parameters() if p.dim() == 4 and not p.is_contiguous(memory_format=cl) and _owns(p)]
     moved = moved if device.type == "cpu" else []
     for p in moved:
         p.data = p.data.contiguous(memory_format=cl)
@@ -76,6 +76,12 @@ def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
     finally:
         for p in moved:
             p.data = p.data.contiguous()
+
+
+def _owns(p: torch.Tensor) -> bool:
+    """Whether ``p`` is its whole storage (not a view into a flat buffer an optimizer steps, which a converted copy
+    would leave behind)."""
+    return p.storage_offset() == 0 and p.untyped_storage().nbytes() == p.numel() * p.element_size()
 
 
 def per_image_nll(

@@ -14,6 +14,16 @@ from .actnorm import ActNorm
 from .base import Bijection, Composite
 
 
+class ZeroLinear(nn.Linear):
+    """A linear layer that starts at zero, set in its own ``__init__`` (under ZeRO-3's ``zero.Init`` a module's parameters are partitioned when its own ``__init__`` returns, so a
+    parent's later change to them would be lost)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
 class AffineCoupling(Bijection):
     """Halves ``a = x[:, :d//2]``, ``b = x[:, d//2:]``; ``parity`` 0 maps ``b`` given ``a``, 1 maps ``a`` given ``b``.
 
@@ -34,9 +44,7 @@ class AffineCoupling(Bijection):
         layers = []
         for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 2 * (features - n_cond)))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = nn.Sequential(*layers, ZeroLinear(widths[-1], 2 * (features - n_cond)))
         self.clamp = clamp
 
     def _halves(self, x):

@@ -10,10 +10,15 @@ from torch import nn
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 connectivity mask."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 connectivity mask; ``near_zero``: weight and bias
+    drawn from U(-near_zero, near_zero) instead, in its own ``__init__`` (under ZeRO-3's ``zero.Init`` a module's parameters are partitioned when its own ``__init__`` returns, so a
+    parent's later change to them would be lost)."""
 
-    def __init__(self, in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool):
+    def __init__(self, in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool, near_zero: float = 0.0):
         super().__init__(len(in_degrees), len(out_degrees))
+        if near_zero:
+            nn.init.uniform_(self.weight, -near_zero, near_zero)
+            nn.init.uniform_(self.bias, -near_zero, near_zero)
         allowed = out_degrees[:, None] > in_degrees[None, :] if strict else out_degrees[:, None] >= in_degrees[None, :]
         self.register_buffer("mask", allowed.to(self.weight.dtype))
 
@@ -27,9 +32,7 @@ class MaskedResidualBlock(nn.Module):
     def __init__(self, degrees: torch.Tensor):
         super().__init__()
         self.first = MaskedLinear(degrees, degrees, strict=False)
-        self.second = MaskedLinear(degrees, degrees, strict=False)
-        nn.init.uniform_(self.second.weight, -1e-3, 1e-3)
-        nn.init.uniform_(self.second.bias, -1e-3, 1e-3)
+        self.second = MaskedLinear(degrees, degrees, strict=False, near_zero=1e-3)
 
     def forward(self, x):
         return x + self.second(F.relu(self.first(F.relu(x))))

@@ -60,6 +60,18 @@ def parse_blocks(spec: str) -> list[tuple[int, str, int]]:
     return out
 
 
+class _Conv(nn.Conv2d):
+    """A same-size convolution with a zero bias and its default weight times ``scale``, set in its own ``__init__``
+    (under ZeRO-3's ``zero.Init`` a module's parameters are partitioned when its own ``__init__`` returns, so a
+    parent's later change to them would be lost)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, scale: float = 1.0):
+        super().__init__(c_in, c_out, k, padding=k // 2)
+        nn.init.zeros_(self.bias)
+        with torch.no_grad():
+            self.weight.mul_(scale)
+
+
 class Block(nn.Module):
     """GELU→1×1, GELU→3×3, GELU→3×3, GELU→1×1 (3×3s become 1×1 at resolution ≤ 2), optional residual."""
 
@@ -68,16 +80,12 @@ class Block(nn.Module):
         k = 3 if use_3x3 else 1
         self.convs = nn.ModuleList(
             [
-                nn.Conv2d(c_in, c_mid, 1),
-                nn.Conv2d(c_mid, c_mid, k, padding=k // 2),
-                nn.Conv2d(c_mid, c_mid, k, padding=k // 2),
-                nn.Conv2d(c_mid, c_out, 1),
+                _Conv(c_in, c_mid, 1),
+                _Conv(c_mid, c_mid, k),
+                _Conv(c_mid, c_mid, k),
+                _Conv(c_mid, c_out, 1, last_scale),
             ]
         )
-        for conv in self.convs:
-            nn.init.zeros_(conv.bias)
-        with torch.no_grad():
-            self.convs[-1].weight.mul_(last_scale)
         self.residual = residual
 
     def forward(self, x):
