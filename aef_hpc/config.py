@@ -118,8 +118,9 @@ class EvalConfig:
     """K of the importance-sampling marginal likelihood (aef-linear, vae, iwae)"""
     repeats: int = 20
     """importance-sampling estimates averaged per image (the paper's 20 of K=128)"""
-    chunk_size: int = 32
-    """importance samples evaluated at once; bounds memory"""
+    chunk_size: Optional[int] = None
+    """importance samples evaluated at once (bounds memory; the result does not depend on it); null: as many as keep
+    a pass near 256 rows (samples x images) on a CPU, where the convolutions run fastest, 32 on a GPU"""
     precision: str = "fp32"
     """fp32 | bf16 (opt-in autocast where bf16 is hardware: a GPU, a CPU with AMX or AVX512-BF16; ~3x faster on
     such a CPU, NLLs a few nats per image apart: docs/benchmarks.md)"""
@@ -190,7 +191,6 @@ _POSITIVE = (
     "train.max_skips",
     "eval.num_samples",
     "eval.repeats",
-    "eval.chunk_size",
     "eval.batch_size",
     "eval.proposal_num_samples",
     "eval.proposal_images",
@@ -201,7 +201,14 @@ _POSITIVE = (
     "model.flow_layers",
     "data.shuffle_buffer",
 )
-_POSITIVE_OR_NULL = ("train.checkpoint_every", "train.patience", "eval.limit", "train.skip_threshold")
+#: keys that may be null, and what null means
+_POSITIVE_OR_NULL = {
+    "train.checkpoint_every": "off",
+    "train.patience": "off",
+    "eval.limit": "every image",
+    "eval.chunk_size": "chosen for the device",
+    "train.skip_threshold": "off",
+}
 #: the kinds of ``aef_hpc.flows.build_flow``, repeated because the config sits below the flows (a test keeps them equal)
 FLOW_KINDS = ("none", "maf", "iaf", "realnvp")
 _CHOICES = {
@@ -244,9 +251,9 @@ def _check(cfg: Config) -> None:
     for key in _POSITIVE:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
-    for key in _POSITIVE_OR_NULL:
+    for key, null in _POSITIVE_OR_NULL.items():
         if _get(cfg, key) is not None and not _get(cfg, key) > 0:
-            raise ConfigError(f"{key}={_get(cfg, key)} must be positive, or null for off")
+            raise ConfigError(f"{key}={_get(cfg, key)} must be positive, or null ({null})")
     for key in ("train.lr", "model.proposal_std", "eval.temperature", "train.grad_clip", "train.progress_every"):
         if not _get(cfg, key) > 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be positive")

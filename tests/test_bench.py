@@ -143,4 +143,17 @@ def test_bench_eval_vs_limit_rates_each_case_against_the_same_run_s_matmul_peak(
     assert float(fp32["max_abs_diff"]) <= 1.3e-6 * 28 * 28
     layers = [r["variant"] for r in cases if r["kind"] == "layer"]
     assert any(v.startswith("ConvTranspose2d") for v in layers) and any(v.startswith("Linear") for v in layers)
+    # the decoder at the default's draws per pass (8 images: all K=8 at once, 64 rows) and at before's 32 (64 too:
+    # K=8 < 32), one pass each
+    assert {r["calls"] for r in cases if r["kind"] == "layer"} == {1}
+    assert "Linear (64, 2)" in layers
+    train_layers = [r for r in cases if r["kind"] == "train-layer"]
+    total = next(r for r in cases if r["kind"] == "train-layers")
+    step = next(r for r in cases if (r["kind"], r["variant"]) == ("train", "fp32"))
+    kinds = {r["variant"].split()[0] for r in train_layers}
+    assert {"Conv2d", "ConvTranspose2d", "Linear", "MaskedLinear"} <= kinds, kinds
+    assert all(r["gflop_per_s"] > 0 and r["calls"] >= 1 for r in train_layers)
+    # the layers' FLOPs are the step's (convolutions, linear and masked layers are all it counts)
+    assert abs(total["gflop"] - step["gflop"]) <= 1e-3 * step["gflop"], (total, step)
+    assert total["variant"] == f"{len(train_layers)} layers"
     assert (tmp_path / "limit.csv").read_text().startswith("kind,model,variant,ms,gflop,")

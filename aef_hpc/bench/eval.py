@@ -1,10 +1,10 @@
 """``aef-hpc bench eval``: images/s of likelihood evaluation on 1 and 2 ranks, and its peak memory against K.
 
-Throughput: exact (aef-center) and importance-sampled (aef-linear, vae; K = 128, one repeat, chunk 32) NLL of
-``images`` random 1×28×28 images (small nets, latent 16, MAF flows), evaluated by ``per_image_nll`` exactly as
-``aef-hpc eval`` does (keyed noise), each rank its share; every case is a fresh ``torchrun --standalone`` job
-and rank 0 times the evaluation between barriers (one untimed warm-up batch first). ``vs_one_rank`` is the
-images/s over the same model's on one rank.
+Throughput: exact (aef-center) and importance-sampled (aef-linear, vae; K = 128, one repeat, draws per pass as
+``aef-hpc eval`` chooses them) NLL of ``images`` random 1×28×28 images (small nets, latent 16, MAF flows),
+evaluated by ``per_image_nll`` exactly as ``aef-hpc eval`` does (keyed noise), each rank its share; every case is a
+fresh ``torchrun --standalone`` job and rank 0 times the evaluation between barriers (one untimed warm-up batch
+first). ``vs_one_rank`` is the images/s over the same model's on one rank.
 
 Memory: aef-linear, one batch of 32 images, K in 32..1024 at ``chunk_size`` 32, each K in a fresh process: on the
 CPU the peak RSS (``ru_maxrss``) minus the RSS before the evaluation; on CUDA ``max_memory_allocated``. It must stay
@@ -28,7 +28,7 @@ MODELS = ("aef-center", "aef-linear", "vae")
 RANKS = (1, 2)
 KS = (32, 128, 512, 1024)
 SHAPE = (1, 28, 28)
-CHUNK = 32
+CHUNK = 32  # the memory case's draws per pass
 _RESULT = "AEF_BENCH_EVAL_RESULT "
 
 
@@ -60,10 +60,10 @@ def throughput_worker(name: str, images: int, num_samples: int) -> None:
     model.initialize(warm)
     rank, world = dist.get_rank(), dist.get_world_size()
     mine = [(keys[i : i + 32], pixels[i : i + 32]) for i in range(rank * 32, images, 32 * world)]
-    per_image_nll(model, mine[:1], 256, num_samples, 1, CHUNK, 0, device)  # warm-up
+    per_image_nll(model, mine[:1], 256, num_samples, 1, None, 0, device)  # warm-up
     dist.barrier()
     start = time.perf_counter()
-    per_image_nll(model, mine, 256, num_samples, 1, CHUNK, 0, device)
+    per_image_nll(model, mine, 256, num_samples, 1, None, 0, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dist.barrier()

@@ -7,14 +7,20 @@ reaches. Cases, on the models of ``bench train``'s ``small`` case (1×28×28, sm
 posterior for the VAE, MAF core for the AEF):
 
 - ``train``: one training step of the loop (``model.loss(x).mean()``, backward, Adam, ``zero_grad``), batch 128;
-- ``eval``: one evaluation batch (``images`` images, K draws at the default chunk of 32, one repeat): ``before``,
-  the model as built (NCHW weights, float32, ``no_grad``), as evaluation ran until ``evaluation_mode``; ``fp32``,
-  ``aef-hpc eval``'s default now (``per_image_nll``: channels-last weights on the CPU); ``bf16``, its opt-in
+- ``eval``: one evaluation batch (``images`` images, K draws, one repeat): ``before``, the model as built (NCHW
+  weights, float32, ``no_grad``) at 32 draws per pass, as evaluation ran until ``evaluation_mode`` and
+  ``draws_per_chunk``; ``fp32``, ``aef-hpc eval``'s default now (``per_image_nll``: channels-last weights on the
+  CPU, draws per pass chosen for the device); ``bf16``, its opt-in
   ``eval.precision=bf16`` (only where bf16 is hardware: a GPU, a CPU with AMX or AVX512-BF16). ``max_abs_diff`` is
   the largest per-image ``|NLL - NLL_before|`` in nats; ``batch_split_diff`` the same between one batch and the same
   images in batches of 5 (what float32 rounding alone moves when ranks split the images otherwise);
 - ``layer``: each layer of the evaluation batch's decoder alone, as ``fp32`` runs it, on the input it receives there
-  (``chunk x images`` rows): the ceiling of the ``eval`` rows, since the decoder does most of their FLOPs.
+  (``draws per pass x images`` rows, and at ``before``'s 32 draws per pass; ``calls``: passes per batch): the
+  ceiling of the ``eval`` rows, since the decoder does most of their FLOPs;
+- ``train-layer``: each layer of the training step that does FLOPs (convolutions, linear and masked layers, in the
+  encoder, decoder and flows) alone, forward and backward on the input it receives in the step (its gradient only
+  where the step needs one), ``calls`` times as the step calls it; ``train-layers`` their sum: the part of the
+  step's time the counted FLOPs take at these kernels' rates (the rest is element-wise work, Adam and autograd).
 
 ``top_ops`` lists the profiler's largest self times of the case (``torch.profiler``) as shares of its total.
 """
@@ -29,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import dequantize
-from ..evaluate.likelihood import bf16_is_fast, evaluation_mode, per_image_nll, per_image_nll_as_is
+from ..evaluate.likelihood import bf16_is_fast, draws_per_chunk, evaluation_mode, per_image_nll, per_image_nll_as_is
 from ..progress import Progress
 from .eval import random_images
 from .report import write_csv
@@ -38,7 +44,7 @@ from .train import LR, build
 
 MODELS = ("vae", "aef-linear")
 TRAIN_BATCH = 128
-CHUNK = 32  # eval.chunk_size's default
+BEFORE_CHUNK = 32  # eval.chunk_size's default until draws_per_chunk
 PEAK_SIZE = 2048
 TOP_OPS = 4
 
@@ -86,10 +92,11 @@ def _row(kind, model, variant, seconds, flops, peak, **extra) -> dict:
     rate = flops / seconds / 1e9
     return {"kind": kind, "model": model, "variant": variant, "ms": round(1e3 * seconds, 2),
             "gflop": round(flops / 1e9, 3), "gflop_per_s": round(rate, 1), "pct_of_peak": round(100 * rate / peak, 1),
-            "max_abs_diff": "", "batch_split_diff": "", "top_ops": "", "error": "", **extra}  # fmt: skip
+            "max_abs_diff": "", "batch_split_diff": "", "top_ops": "", "calls": "", "error": "", **extra}  # fmt: skip
 
 
-def _train_rows(name: str, device, peak: float, repeats: int, precision: str) -> dict:
+def _train_rows(name: str, device, peak: float, repeats: int, precision: str) -> list[dict]:
+    """The training step's row, and in float32 its layers' (``_train_layer_rows``)."""
     torch.manual_seed(0)
     model = build(name, "small").to(device).train()
     x = dequantize(random_images(TRAIN_BATCH)[1], 256).to(device)
@@ -108,7 +115,46 @@ def _train_rows(name: str, device, peak: float, repeats: int, precision: str) ->
     flops = count_flops(step)
     row = _row("train", name, precision, median_seconds(step, device, repeats), flops, peak)
     row["top_ops"] = top_ops(step, device)
-    return row
+    if precision != "fp32":
+        return [row]
+    return [row, *_train_layer_rows(model, x, name, device, peak, repeats)]
+
+
+def _train_layer_rows(model, x, name: str, device, peak: float, repeats: int) -> list[dict]:
+    """Each FLOP-doing layer of the training step alone, forward and backward, and their sum."""
+    calls: dict[torch.nn.Module, list] = {}
+
+    def keep_input(module, args, _):
+        calls.setdefault(module, []).append(args[0].detach().requires_grad_(args[0].requires_grad))
+
+    leaves = [m for m in model.modules() if not list(m.children()) and any(True for _ in m.parameters())]
+    hooks = [m.register_forward_hook(keep_input) for m in leaves]
+    model.loss(x).mean()
+    for hook in hooks:
+        hook.remove()
+    rows, total_seconds, total_flops = [], 0.0, 0
+    for module, inputs in calls.items():
+        x_in = inputs[0]
+        out = module(x_in)
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:  # an ActNorm's (y, logdet): no FLOPs
+            continue
+        grad = torch.randn_like(out)
+
+        def run(module=module, x_in=x_in, grad=grad):
+            module(x_in).backward(grad)
+            module.zero_grad(set_to_none=True)
+            x_in.grad = None
+
+        flops = count_flops(run)
+        if not flops:
+            continue
+        seconds = median_seconds(run, device, repeats)
+        what = f"{type(module).__name__} {tuple(x_in.shape)}"
+        rows.append(_row("train-layer", name, what, seconds, flops, peak, calls=len(inputs)))
+        total_seconds += len(inputs) * seconds
+        total_flops += len(inputs) * flops
+    rows.append(_row("train-layers", name, f"{len(rows)} layers", total_seconds, total_flops, peak))
+    return rows
 
 
 class _Evaluation:
@@ -125,11 +171,11 @@ class _Evaluation:
     def nll(self, variant: str, batch: int | None = None) -> torch.Tensor:
         batch = batch or len(self.keys)
         batches = [(self.keys[i : i + batch], self.pixels[i : i + batch]) for i in range(0, len(self.keys), batch)]
-        args = (self.model, batches, 256, self.num_samples, 1, CHUNK, 0, self.device)
+        args = (self.model, batches, 256, self.num_samples, 1)
         if variant == "before":
             with torch.no_grad():
-                return per_image_nll_as_is(*args).nll
-        return per_image_nll(*args, precision=variant).nll
+                return per_image_nll_as_is(*args, BEFORE_CHUNK, 0, self.device).nll
+        return per_image_nll(*args, None, 0, self.device, precision=variant).nll
 
     def row(self, variant: str, peak: float, repeats: int, reference: torch.Tensor) -> dict:
         run = lambda: self.nll(variant)  # noqa: E731
@@ -141,24 +187,29 @@ class _Evaluation:
         return row
 
     def layer_rows(self, peak: float, repeats: int) -> list[dict]:
-        """Each decoder layer alone, as ``fp32`` evaluation runs it, on the input it gets in one chunk."""
-        inputs = {}
-
-        def keep_input(module, args, _):
-            inputs.setdefault(module, args[0].detach())  # the first chunk's
-
+        """Each decoder layer alone, as ``fp32`` evaluation runs it, on the input it gets in one pass: at the
+        default's draws per pass and at ``before``'s 32 (``calls``: passes per batch)."""
         leaves = [m for m in self.model.decoder.modules() if not list(m.children())]
+        x = dequantize(self.pixels, 256).to(self.device)
+        default = draws_per_chunk(None, len(x), self.num_samples, self.device)
         rows = []
         with evaluation_mode(self.model, self.device):
-            hooks = [m.register_forward_hook(keep_input) for m in leaves]
-            self.model.log_importance_weights(dequantize(self.pixels, 256).to(self.device), CHUNK, CHUNK)
-            for hook in hooks:
-                hook.remove()
-            for module, x in inputs.items():
-                run = lambda module=module, x=x: module(x)  # noqa: E731
-                what = f"{type(module).__name__} {tuple(x.shape)}"
-                seconds = median_seconds(run, self.device, repeats)
-                rows.append(_row("layer", self.name, what, seconds, count_flops(run), peak))
+            for chunk in dict.fromkeys((default, BEFORE_CHUNK)):
+                inputs = {}
+
+                def keep_input(module, args, _, inputs=inputs):
+                    inputs.setdefault(module, args[0].detach())  # the first pass's
+
+                hooks = [m.register_forward_hook(keep_input) for m in leaves]
+                self.model.log_importance_weights(x, chunk, chunk)
+                for hook in hooks:
+                    hook.remove()
+                for module, x_in in inputs.items():
+                    run = lambda module=module, x_in=x_in: module(x_in)  # noqa: E731
+                    what = f"{type(module).__name__} {tuple(x_in.shape)}"
+                    seconds = median_seconds(run, self.device, repeats)
+                    passes = -(-self.num_samples // chunk)
+                    rows.append(_row("layer", self.name, what, seconds, count_flops(run), peak, calls=passes))
         return rows
 
 
@@ -183,7 +234,7 @@ def run(out: str | Path, repeats: int = 5, images: int = 32, num_samples: int = 
         bar.update()
         for name in models:
             for precision in ("fp32", "bf16") if bf16_is_fast(device) else ("fp32",):
-                rows.append(_train_rows(name, device, peak, repeats, precision))
+                rows += _train_rows(name, device, peak, repeats, precision)
                 bar.update()
             rows += _eval_rows(name, device, peak, repeats, images, num_samples)
             bar.update()

@@ -34,7 +34,15 @@ from ..metrics import bits_per_dim
 from ..models import ExpandedAEF, select_proposal_std
 from ..process_group import on_every_rank, on_rank0, world_info
 from ..progress import Progress, counted
-from .likelihood import PerImage, evaluation_mode, first_images, limited, per_image_nll, per_image_nll_as_is
+from .likelihood import (
+    PerImage,
+    draws_per_chunk,
+    evaluation_mode,
+    first_images,
+    limited,
+    per_image_nll,
+    per_image_nll_as_is,
+)
 from .restore import Trained
 
 #: the folder (inside the evaluation's) of one records file per finished shard
@@ -98,7 +106,8 @@ def proposal_std(trained: Trained, data) -> dict | None:
             for _, images in limited(data.eval_batches("val", e.batch_size, whole=True), e.proposal_images)
         ]
         with evaluation_mode(model, trained.device):  # in float32 whatever eval.precision: one search per weights
-            best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, e.chunk_size, gen)
+            chunk = draws_per_chunk(e.chunk_size, e.batch_size, e.proposal_num_samples, trained.device)
+            best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, chunk, gen)
         stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
         path = proposal_path(trained.checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)

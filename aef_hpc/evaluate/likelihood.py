@@ -37,6 +37,25 @@ def limited(batches: Iterable, limit: int | None):
         yield list(keys)[:take], images[:take]
 
 
+#: draws x images per pass through the model on a CPU when ``eval.chunk_size`` is null: oneDNN's (transposed)
+#: convolutions run at 89-97 % of the matmul peak up to ~256 rows and fall to 57-60 % at 1,024 (they outgrow the
+#: caches), so the default evaluation (256 images, K=128) ran 1.74x faster at 1 draw per pass than at 32, with the
+#: same records (``aef-hpc bench eval --vs-limit``, docs/benchmarks.md)
+CPU_CHUNK_ROWS = 256
+#: draws per pass on a GPU when ``eval.chunk_size`` is null (wide passes keep a GPU busy; not yet measured)
+GPU_CHUNK = 32
+
+
+def draws_per_chunk(chunk_size: int | None, images: int, num_samples: int, device) -> int:
+    """``chunk_size``, or for ``None`` the draws that keep a pass near ``CPU_CHUNK_ROWS`` rows on a CPU
+    (``GPU_CHUNK`` on a GPU), between 1 and ``num_samples``. The estimate does not depend on it (all K draws are made
+    first)."""
+    if chunk_size is not None:
+        return chunk_size
+    fitting = GPU_CHUNK if torch.device(device).type == "cuda" else CPU_CHUNK_ROWS // max(images, 1)
+    return max(1, min(num_samples, fitting))
+
+
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 autocast runs on bf16 hardware: a GPU with native bf16 (Ampere and later), or a CPU with AMX or
     AVX512-BF16 (elsewhere it is emulated, slower than float32)."""
@@ -55,8 +74,8 @@ def evaluation_mode(model, device: torch.device, precision: str = "fp32"):
     channels-last order, on which oneDNN's convolutions run ~1.25x faster (``aef-hpc bench eval --vs-limit``; the
     values are unchanged, an image's NLL moves by float32 rounding only), converted one weight at a time and back
     to its own layout after (the model is never held twice; a weight already channels-last, a view into a flat
-    buffer, or a nested use, is left as it is); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``; log-densities still add up in
-    float32)."""
+    buffer, or a nested use, is left as it is); ``precision="bf16"``: bf16 autocast (opt-in, ``eval.precision``;
+    log-densities still add up in float32)."""
     if precision == "bf16" and not bf16_is_fast(device):
         warnings.warn(
             f"eval.precision=bf16 on a {'GPU' if device.type == 'cuda' else 'CPU'} without bf16 instructions "
@@ -90,13 +109,14 @@ def per_image_nll(
     levels: int,
     num_samples: int,
     repeats: int,
-    chunk_size: int,
+    chunk_size: int | None,
     seed: int,
     device,
     precision: str = "fp32",
 ) -> PerImage:
     """Exact ``-log p(x)`` (partition AEFs) or the mean of ``repeats`` importance-sampling estimates
-    ``-log mean_k w_k`` of ``K = num_samples`` draws (the paper's 20 x 128), ``chunk_size`` draws at a time, run in
+    ``-log mean_k w_k`` of ``K = num_samples`` draws (the paper's 20 x 128), ``chunk_size`` draws at a time
+    (``None``: ``draws_per_chunk``), run in
     ``evaluation_mode``. An image's dequantization noise and proposal draws are keyed by ``(seed, its key)``: its NLL
     does not depend on the batch, worker or rank that evaluates it (beyond float32 rounding)."""
     with evaluation_mode(model, torch.device(device), precision):
@@ -118,7 +138,8 @@ def per_image_nll_as_is(model, batches, levels, num_samples, repeats, chunk_size
         estimates, sizes = [], []
         for repeat in range(repeats):
             noise = KeyedNoise(ids, seed, 1, repeat)
-            log_w = model.log_importance_weights(x, num_samples, chunk_size, noise).double()
+            chunk = draws_per_chunk(chunk_size, len(x), num_samples, x.device)
+            log_w = model.log_importance_weights(x, num_samples, chunk, noise).double()
             estimates.append(log_mean_exp(log_w))
             sizes.append(effective_sample_size(log_w))
         nll.append(-torch.stack(estimates).mean(0).cpu())

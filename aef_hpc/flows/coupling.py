@@ -15,8 +15,9 @@ from .base import Bijection, Composite
 
 
 class ZeroLinear(nn.Linear):
-    """A linear layer that starts at zero, set in its own ``__init__`` (under ZeRO-3's ``zero.Init`` a module's parameters are partitioned when its own ``__init__`` returns, so a
-    parent's later change to them would be lost)."""
+    """A linear layer that starts at zero, set in its own ``__init__`` (under ZeRO-3's ``zero.Init`` a module's
+    parameters are partitioned when its own ``__init__`` returns, so a parent's later change to them would be
+    lost)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features)

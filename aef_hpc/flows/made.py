@@ -11,8 +11,9 @@ from torch import nn
 
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 connectivity mask; ``near_zero``: weight and bias
-    drawn from U(-near_zero, near_zero) instead, in its own ``__init__`` (under ZeRO-3's ``zero.Init`` a module's parameters are partitioned when its own ``__init__`` returns, so a
-    parent's later change to them would be lost)."""
+    drawn from U(-near_zero, near_zero) instead, in its own ``__init__`` (under ZeRO-3's ``zero.Init`` a module's
+    parameters are partitioned when its own ``__init__`` returns, so a parent's later change to them would be
+    lost)."""
 
     def __init__(self, in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool, near_zero: float = 0.0):
         super().__init__(len(in_degrees), len(out_degrees))
