@@ -285,20 +285,31 @@ def _bench(args) -> int:
                 f"--memory-cap={args.memory_cap}: above this shell's own hard limit of {hard / 2**30:.2f} GiB "
                 "(ulimit -d); give a smaller cap"
             )
-    if args.traffic and args.what != "kernels":
-        raise ConfigError(f"--traffic is an option of `bench kernels`, not of `bench {args.what}`")
-    suffix = "-vs-limit" if args.vs_limit else "-big" if args.big else ""
+    for flag in ("traffic", "host"):
+        if getattr(args, flag) and args.what != "kernels":
+            raise ConfigError(f"--{flag} is an option of `bench kernels`, not of `bench {args.what}`")
+    if args.traffic and args.host:
+        raise ConfigError("--traffic and --host are two tables: give one of them")
+    suffix = "-vs-limit" if args.vs_limit else "-big" if args.big else "-host" if args.host else ""
     out = args.out or f"bench/{args.what}{suffix}.csv"
     if not args.traffic:
         check_writable_file(out, "--out")  # before the benchmark runs, not after it
     if args.what == "kernels":
-        if (args.cpu_smoke or args.traffic) and os.environ.get("TRITON_INTERPRET") != "1":
+        if (args.cpu_smoke or args.traffic or args.host) and os.environ.get("TRITON_INTERPRET") != "1":
             env = {**os.environ, "TRITON_INTERPRET": "1"}  # triton reads it at import: start anew
             os.execve(sys.executable, [sys.executable, "-m", "aef_hpc.cli", *args.argv], env)
         if args.traffic:
             from .bench.traffic import markdown, traffic_table
 
             print(markdown(traffic_table()))
+            return 0
+        if args.host:
+            from .bench import host
+            from .bench.report import write_csv
+
+            rows = host.host_table()
+            write_csv(rows, out)
+            print(f"{host.markdown(rows)}\nwrote {out}")
             return 0
         from .bench import kernels as kernel_bench
 
@@ -497,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--width", type=int, help="scale --big: the big nets' channel width (default 2880)")
     bench.add_argument(
         "--memory-cap", type=float, help="scale --big: each process's memory cap in GiB (RLIMIT_DATA; default 4.5)"
+    )
+    bench.add_argument(
+        "--host",
+        action="store_true",
+        help="kernels: the microseconds each fused op's driver spends on the host per call (forward, forward + "
+        "backward), under Triton's CPU interpreter with the launches skipped, against eager at 2 rows "
+        "(default --out bench/kernels-host.csv)",
     )
     bench.add_argument(
         "--traffic",

@@ -90,6 +90,35 @@ def test_traffic_table_of_the_decoder_loss_is_near_its_minimum():
     assert markdown(rows).count("\n") == len(rows) + 1
 
 
+def test_host_table_times_the_driver_without_launching_and_says_so(tmp_path, capsys):
+    """``bench kernels --host``: every case and mode has a positive host time for the driver and for eager, the
+    programs are skipped only inside the table (a fused op launches again after it). ``--host`` with another
+    verb, or with ``--traffic``, is one line and writes nothing."""
+    from aef_hpc.bench import host
+    from aef_hpc.bench.kernel_cases import CASES
+    from aef_hpc.cli import main
+    from aef_hpc.kernels import triton_launches, use_kernels
+    from aef_hpc.kernels.fused import rowwise
+    from aef_hpc.kernels.logit import logit_preprocess
+
+    rows = host.host_table(calls=3)
+    assert {(r["op"], r["mode"]) for r in rows} == {(c.op, m) for c in CASES for m in host.MODES}
+    assert all(r["triton_host_us"] > 0 and r["eager_us"] > 0 for r in rows)
+    assert not isinstance(rowwise.forward_program, host._NoLaunch), "the programs are put back"
+    before = triton_launches["logit"]
+    with use_kernels("triton"):
+        y, logdet = logit_preprocess(torch.rand(2, 5) * 0.9 + 0.05, 0.05)
+    assert triton_launches["logit"] == before + 1 and torch.isfinite(logdet).all()
+    assert host.markdown(rows).count("\n") == len(rows) + 1
+    for args, match in (
+        (["train", "--host"], "--host is an option of `bench kernels`"),
+        (["kernels", "--host", "--traffic"], "--traffic and --host are two tables"),
+    ):
+        assert main(["bench", *args, "--out", str(tmp_path / "h.csv")]) == 2
+        assert match in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_bench_scale_counts_what_each_rank_holds(tmp_path, capsys):
     """The scale benchmark itself (2 ranks, ZeRO-3 and DDP, one timed step): ZeRO-3 halves the parameters and
     gradients, every count meets the ZeRO paper's (plus DeepSpeed's float32 master partition)."""

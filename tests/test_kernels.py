@@ -492,6 +492,21 @@ def test_mismatched_shapes_are_one_clear_error_before_anything_is_flattened(devi
         kernels.encoder_layer(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(2.0), 1e-5)
 
 
+def test_the_batch_shape_is_torch_s_broadcast_of_the_operands():
+    """``batch_shape``'s plain-Python broadcast (the fused ops' host path) against ``torch.broadcast_shapes``."""
+    from aef_hpc.kernels._rows import batch_shape
+
+    cases = [[(4, 3, 2)], [(4, 3, 2), (3, 2), (2,)], [(4, 1, 2), (1, 3, 1)], [(1,), (5, 7)], [(5, 3), (3,), (1, 3)]]
+    for shapes in cases + [[(2, 1, 1), (1, 6, 9), (9,)], [(1, 1, 8), (6, 1, 8), (8,)]]:
+        tensors = [torch.empty(shape) for shape in shapes]
+        assert batch_shape("op", *tensors, None) == torch.broadcast_shapes(*shapes), shapes
+    for shapes in ([(3, 2), (3,)], [(4, 3, 2), (2, 3, 2)], [(2, 5), (5,), (3, 5)]):
+        with pytest.raises(RuntimeError):
+            torch.broadcast_shapes(*shapes)
+        with pytest.raises(ModelError, match="do not broadcast"):
+            batch_shape("op", *[torch.empty(shape) for shape in shapes])
+
+
 def test_import_aef_hpc_and_train_eager_without_triton_installed():
     """``import aef_hpc`` never imports Triton; the eager path works without it and Triton modes say why not."""
     import subprocess

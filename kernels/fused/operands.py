@@ -23,6 +23,8 @@ def as_rows(t: torch.Tensor, full: torch.Size, dtype: torch.dtype | None = None)
     """``t`` broadcast to ``full`` (in ``dtype``, if given) without copying when its rows are contiguous (any row
     stride) or shared by every row; otherwise the least copy, counted in ``copied``."""
     rows, n = full[0], math.prod(full[1:])
+    if t.shape == full and (dtype is None or t.dtype == dtype) and t.is_contiguous():  # the common case, at once
+        return Rows(t, n)
     e = t.expand(full) if dtype is None or t.dtype == dtype else t.to(dtype).expand(full)
     copied = 0 if e.dtype == t.dtype else t.numel() * (t.element_size() + e.element_size())
     reducible = rows > 1 and (t.dim() < len(full) or t.shape[0] == 1)

@@ -92,7 +92,7 @@ class RowwiseFunction(torch.autograd.Function):
             )
             return sums
 
-        key = tuning.tuning_key(op.name, "forward", meta, dtype, rows, n, False)
+        key = lambda: tuning.tuning_key(op.name, "forward", meta, dtype, rows, n, False)  # noqa: E731
         sums = tuning.tuned_run(key, tuning.candidates("forward", rows, n, False), run, device)
         triton_launches[op.name] += 1
         loaded = views + ([weights] if weights else [])
@@ -182,7 +182,7 @@ class RowwiseFunction(torch.autograd.Function):
             return out
 
         reduces = SUMMED_OVER_ROWS in modes
-        key = tuning.tuning_key(op.name, "backward", meta, ctx.dtype, rows, n, reduces)
+        key = lambda: tuning.tuning_key(op.name, "backward", meta, ctx.dtype, rows, n, reduces)  # noqa: E731
         out = tuning.tuned_run(key, tuning.candidates("backward", rows, n, reduces), run, device)
         triton_launches[f"{op.name}_backward"] += 1
         moved = sum(v.nbytes(rows, n) for v, same in zip(views, passthrough, strict=True) if not same)

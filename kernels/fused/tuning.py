@@ -97,7 +97,8 @@ def tuned_configs() -> dict[tuple, Config]:
     return dict(_tuned)
 
 
-def tuned_run(key: tuple, options: list[Config], run: Callable[[Config], object], device: torch.device):
-    """Choose (timing on the operands' device: Triton launches on the current one, so ``cuda:1`` works) and run."""
+def tuned_run(key: Callable[[], tuple], options: list[Config], run: Callable[[Config], object], device: torch.device):
+    """Choose (timing on the operands' device: Triton launches on the current one, so ``cuda:1`` works) and run;
+    ``key()`` (``tuning_key``) is made only where there is a choice (the forward has none)."""
     with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-        return run(choose(key, options, run))
+        return run(choose(key() if len(options) > 1 else (), options, run))
