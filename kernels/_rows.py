@@ -25,6 +25,8 @@ def batch_shape(name: str, *tensors: torch.Tensor | None) -> torch.Size:
     none. Every op checks it first, on either path, before anything is flattened. Plain Python on ``torch.Size``
     (``torch.broadcast_shapes`` cost ~50 us a call, most of a fused op's host time)."""
     shapes = [t.shape for t in tensors if t is not None]
+    if not shapes:
+        raise ModelError(f"{name}: no operands")
     full = shapes[0]
     for shape in shapes[1:]:
         if shape != full:

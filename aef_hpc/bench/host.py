@@ -5,7 +5,8 @@ the driver (``kernels/fused/rowwise.py``: shape checks, operand views, tuning, b
 each launch. This measures that path on the CPU, under Triton's interpreter with the two programs replaced by
 launches that do nothing (a stand-in, said so: there is no GPU to launch on here, and the interpreter's own run
 would swamp the host path). ``eager`` is the op's reference at 2 rows, where it moves almost no data: its
-per-call cost on the same host. Triton's own launch (argument binding, the driver call) is not in either number.
+per-call cost on the same host. Triton's own launch (argument binding, the driver call) is not in either number,
+nor the backward's choice among tuning candidates (the interpreter has one; a GPU makes and looks up its key).
 
 Per case and mode (``forward``, ``full`` = forward + backward; each run starts with the leaves' ``.grad`` None):
 the best of ``ROUNDS`` means of ``calls`` runs, in microseconds (the best, because the host is shared).

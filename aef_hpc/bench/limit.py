@@ -143,7 +143,8 @@ def _train_layer_rows(model, x, name: str, device, repeats: int) -> list[dict]:
     calls: dict[torch.nn.Module, list] = {}
 
     def keep_input(module, args, _):
-        calls.setdefault(module, []).append(args[0].detach().requires_grad_(args[0].requires_grad))
+        if len(args) == 1 and isinstance(args[0], torch.Tensor):  # a layer called on one tensor can be timed alone
+            calls.setdefault(module, []).append(args[0].detach().requires_grad_(args[0].requires_grad))
 
     leaves = [m for m in model.modules() if not list(m.children()) and any(True for _ in m.parameters())]
     hooks = [m.register_forward_hook(keep_input) for m in leaves]
@@ -171,7 +172,8 @@ def _train_layer_rows(model, x, name: str, device, repeats: int) -> list[dict]:
         rows.append(_row("train-layer", name, what, seconds, flops, calls=len(inputs)))
         total_seconds += len(inputs) * seconds
         total_flops += len(inputs) * flops
-    rows.append(_row("train-layers", name, f"{len(rows)} layers", total_seconds, total_flops))
+    if rows:
+        rows.append(_row("train-layers", name, f"{len(rows)} layers", total_seconds, total_flops))
     return rows
 
 

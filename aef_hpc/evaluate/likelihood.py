@@ -42,13 +42,13 @@ def limited(batches: Iterable, limit: int | None):
 #: caches), so the default evaluation (256 images, K=128) ran 1.74x faster at 1 draw per pass than at 32, with the
 #: same records (``aef-hpc bench eval --vs-limit``, docs/benchmarks.md)
 CPU_CHUNK_ROWS = 256
-#: draws per pass on a GPU when ``eval.chunk_size`` is null (wide passes keep a GPU busy; not yet measured)
+#: draws per pass on CUDA when ``eval.chunk_size`` is null (wide passes keep a GPU busy; not yet measured)
 GPU_CHUNK = 32
 
 
 def draws_per_chunk(chunk_size: int | None, images: int, num_samples: int, device) -> int:
-    """``chunk_size``, or for ``None`` the draws that keep a pass near ``CPU_CHUNK_ROWS`` rows on a CPU
-    (``GPU_CHUNK`` on a GPU), between 1 and ``num_samples``. The estimate does not depend on it (all K draws are made
+    """``chunk_size``, or for ``None`` the draws that keep a pass near ``CPU_CHUNK_ROWS`` rows on the CPU (or
+    another non-CUDA device; ``GPU_CHUNK`` on CUDA), between 1 and ``num_samples``. The estimate does not depend on it (all K draws are made
     first)."""
     if chunk_size is not None:
         return chunk_size
