@@ -48,8 +48,8 @@ GPU_CHUNK = 32
 
 def draws_per_chunk(chunk_size: int | None, images: int, num_samples: int, device) -> int:
     """``chunk_size``, or for ``None`` the draws that keep a pass near ``CPU_CHUNK_ROWS`` rows on the CPU (or
-    another non-CUDA device; ``GPU_CHUNK`` on CUDA), between 1 and ``num_samples``. The estimate does not depend on it (all K draws are made
-    first)."""
+    another non-CUDA device; ``GPU_CHUNK`` on CUDA), between 1 and ``num_samples``. The estimate does not depend on
+    it (all K draws are made first)."""
     if chunk_size is not None:
         return chunk_size
     fitting = GPU_CHUNK if torch.device(device).type == "cuda" else CPU_CHUNK_ROWS // max(images, 1)
