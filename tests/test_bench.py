@@ -181,7 +181,7 @@ def test_bench_eval_vs_limit_rates_each_case_against_the_same_run_s_matmul_peak(
     step = next(r for r in cases if (r["kind"], r["variant"]) == ("train", "fp32"))
     kinds = {r["variant"].split()[0] for r in train_layers}
     assert {"Conv2d", "ConvTranspose2d", "Linear", "MaskedLinear"} <= kinds, kinds
-    assert all(r["gflop_per_s"] > 0 and r["calls"] >= 1 for r in train_layers)
+    assert all(r["ms"] > 0 and r["calls"] >= 1 for r in train_layers)  # (a rate rounds to 0.0 on a loaded machine)
     # the layers' FLOPs are the step's (convolutions, linear and masked layers are all it counts)
     assert abs(total["gflop"] - step["gflop"]) <= 1e-3 * step["gflop"], (total, step)
     assert total["variant"] == f"{len(train_layers)} layers"
