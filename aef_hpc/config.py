@@ -120,7 +120,8 @@ class EvalConfig:
     """importance-sampling estimates averaged per image (the paper's 20 of K=128)"""
     chunk_size: Optional[int] = None
     """importance samples evaluated at once (bounds memory; the result does not depend on it); null: as many as keep
-    a pass near 256 rows (samples x images) on a CPU, where the convolutions run fastest, 32 on CUDA"""
+    a pass near 256 x 28 x 28 values (samples x images x pixels) on a CPU, where the convolutions run fastest, 32
+    on CUDA"""
     precision: str = "fp32"
     """fp32 | bf16 (opt-in autocast where bf16 is hardware: a GPU, a CPU with AMX or AVX512-BF16; ~3x faster on
     such a CPU, NLLs a few nats per image apart: docs/benchmarks.md)"""

@@ -87,7 +87,7 @@ def test_importance_sampling_is_independent_of_the_chunk_size(tmp_path, runs, fl
     run = tmp_path / "vae"
     shutil.copytree(runs / "vae", run)
     nll = {}
-    for chunk in ("null", 1, 4, 6):  # null: chosen for the device (CPU: 256 // 40 images = 6 draws a pass)
+    for chunk in ("null", 1, 4, 6):  # null: chosen for the device (CPU, 40 images: all 6 draws at once)
         assert main(["eval", str(run), f"eval.chunk_size={chunk}", "eval.limit=40"]) == 0
         nll[chunk] = [r["nll_nats"] for r in records_of(run, tag="first40")]
     assert nll["null"] == nll[1] == nll[4] == nll[6]

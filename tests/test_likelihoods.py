@@ -64,15 +64,17 @@ def test_marginal_does_not_depend_on_chunk_size(name):
         torch.testing.assert_close(v, values[0])
 
 
-def test_draws_per_pass_keep_a_cpu_pass_near_256_rows_and_follow_an_explicit_chunk_size():
+def test_draws_per_pass_keep_a_cpu_pass_near_256_mnist_rows_and_follow_an_explicit_chunk_size():
     from aef_hpc.evaluate.likelihood import draws_per_chunk
 
-    assert draws_per_chunk(None, 32, 128, "cpu") == 8  # 8 draws x 32 images = 256 rows
-    assert draws_per_chunk(None, 256, 128, "cpu") == 1  # eval.batch_size's default: one draw a pass
-    assert draws_per_chunk(None, 1000, 128, "cpu") == 1  # never 0
-    assert draws_per_chunk(None, 2, 16, "cpu") == 16  # never more than K
-    assert draws_per_chunk(None, 32, 128, "cuda") == 32  # a GPU: wide passes
-    assert draws_per_chunk(5, 32, 128, "cpu") == 5  # eval.chunk_size given: as it is
+    mnist, digits = 28 * 28, 8 * 8
+    assert draws_per_chunk(None, 32, mnist, 128, "cpu") == 8  # 8 draws x 32 images = 256 rows of 28x28
+    assert draws_per_chunk(None, 256, mnist, 128, "cpu") == 1  # eval.batch_size's default: one draw a pass
+    assert draws_per_chunk(None, 256, digits, 1024, "cpu") == 12  # small images: wider passes (3,072 rows)
+    assert draws_per_chunk(None, 1000, mnist, 128, "cpu") == 1  # never 0
+    assert draws_per_chunk(None, 2, mnist, 16, "cpu") == 16  # never more than K
+    assert draws_per_chunk(None, 32, mnist, 128, "cuda") == 32  # a GPU: wide passes
+    assert draws_per_chunk(5, 32, mnist, 128, "cpu") == 5  # eval.chunk_size given: as it is
 
 
 def test_partition_marginal_equals_log_prob():

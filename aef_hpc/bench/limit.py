@@ -211,7 +211,7 @@ class _Evaluation:
         default's draws per pass and at ``before``'s 32 (``calls``: passes per batch)."""
         leaves = [m for m in self.model.decoder.modules() if not list(m.children())]
         x = dequantize(self.pixels, 256).to(self.device)
-        default = draws_per_chunk(None, len(x), self.num_samples, self.device)
+        default = draws_per_chunk(None, len(x), x[0].numel(), self.num_samples, self.device)
         rows = []
         with evaluation_mode(self.model, self.device):
             for chunk in dict.fromkeys((default, BEFORE_CHUNK)):

@@ -107,7 +107,8 @@ def proposal_std(trained: Trained, data) -> dict | None:
         ]
         with evaluation_mode(model, trained.device):  # in float32 whatever eval.precision: one search per weights
             images = min(e.batch_size, e.proposal_images)  # the search's batches
-            chunk = draws_per_chunk(e.chunk_size, images, e.proposal_num_samples, trained.device)
+            pixels = math.prod(data.image_shape)
+            chunk = draws_per_chunk(e.chunk_size, images, pixels, e.proposal_num_samples, trained.device)
             best, scores = select_proposal_std(model, val, e.proposal_stds, e.proposal_num_samples, chunk, gen)
         stored = {"proposal_std": best, "scores": {str(k): v for k, v in scores.items()}, "settings": settings}
         path = proposal_path(trained.checkpoint)

@@ -37,22 +37,25 @@ def limited(batches: Iterable, limit: int | None):
         yield list(keys)[:take], images[:take]
 
 
-#: draws x images per pass through the model on a CPU when ``eval.chunk_size`` is null: oneDNN's (transposed)
-#: convolutions run at 89-97 % of the matmul peak up to ~256 rows and fall to 57-60 % at 1,024 (they outgrow the
-#: caches), so the default evaluation (256 images, K=128) ran 1.74x faster at 1 draw per pass than at 32, with the
-#: same records (``aef-hpc bench eval --vs-limit``, docs/benchmarks.md)
-CPU_CHUNK_ROWS = 256
+#: draws x images x pixels per pass through the model on a CPU when ``eval.chunk_size`` is null (256 rows of
+#: 28x28 images): oneDNN's transposed convolutions of the small nets run at 89-97 % of the matmul peak up to ~256
+#: rows of 28x28 and fall to 57-60 % at 1,024 (they outgrow the caches), so the default MNIST evaluation (256
+#: images, K=128) ran 1.74x faster at 1 draw per pass than at 32, with the same records (``aef-hpc bench eval
+#: --vs-limit``, docs/benchmarks.md). Counted in pixels, not rows: the embedded 8x8 digits' passes of 256 rows
+#: (1 draw) ran 1.44x slower than 32 draws (the per-pass overhead dominates), at 12 draws as fast as at 32.
+CPU_PASS_PIXELS = 256 * 28 * 28
 #: draws per pass on CUDA when ``eval.chunk_size`` is null (wide passes keep a GPU busy; not yet measured)
 GPU_CHUNK = 32
 
 
-def draws_per_chunk(chunk_size: int | None, images: int, num_samples: int, device) -> int:
-    """``chunk_size``, or for ``None`` the draws that keep a pass near ``CPU_CHUNK_ROWS`` rows on the CPU (or
-    another non-CUDA device; ``GPU_CHUNK`` on CUDA), between 1 and ``num_samples``. The estimate does not depend on
-    it (all K draws are made first)."""
+def draws_per_chunk(chunk_size: int | None, images: int, pixels: int, num_samples: int, device) -> int:
+    """``chunk_size``, or for ``None`` the draws that keep a pass of ``images`` images of ``pixels`` values each near
+    ``CPU_PASS_PIXELS`` on the CPU (or another non-CUDA device; ``GPU_CHUNK`` on CUDA), between 1 and
+    ``num_samples``. The estimate does not depend on it (all K draws are made first)."""
     if chunk_size is not None:
         return chunk_size
-    fitting = GPU_CHUNK if torch.device(device).type == "cuda" else CPU_CHUNK_ROWS // max(images, 1)
+    on_cpu = CPU_PASS_PIXELS // max(images * pixels, 1)
+    fitting = GPU_CHUNK if torch.device(device).type == "cuda" else on_cpu
     return max(1, min(num_samples, fitting))
 
 
@@ -138,7 +141,7 @@ def per_image_nll_as_is(model, batches, levels, num_samples, repeats, chunk_size
         estimates, sizes = [], []
         for repeat in range(repeats):
             noise = KeyedNoise(ids, seed, 1, repeat)
-            chunk = draws_per_chunk(chunk_size, len(x), num_samples, x.device)
+            chunk = draws_per_chunk(chunk_size, len(x), x[0].numel(), num_samples, x.device)
             log_w = model.log_importance_weights(x, num_samples, chunk, noise).double()
             estimates.append(log_mean_exp(log_w))
             sizes.append(effective_sample_size(log_w))
